@@ -1,0 +1,1 @@
+"""Multi-task CTR/CVR networks on TFRS (tf-keras)."""

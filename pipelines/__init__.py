@@ -1,0 +1,1 @@
+"""Data pipelines: readers, converter, synthetic data, tf.data streaming, TFDS builders."""

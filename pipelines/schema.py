@@ -1,0 +1,213 @@
+"""The project's one schema type: what a converted dataset holds and how it is laid out.
+
+A converted directory holds sharded TFRecord files of `tf.train.Example` and one
+`metadata.json` (see `docs/schema.md`). `Metadata` reads and writes that file;
+`Schema` describes the features and owns the parsing spec that the reader
+(`make_dataset`) and the models' serving signature both use.
+
+Record layout, version 1 (chosen by measurement, see docs/benchmarks.md): the
+single-valued categorical ids of one example are packed into one int64 list
+`categorical`, the numerical block into one float list `numerical`. Packed lists
+parse several times faster than one feature per field and stay plain
+`tf.train.Example`, so TFX reads them. Multi-valued fields keep every value, each
+in its own variable-length int64 list `mv_<field>` (plus a float list
+`mv_<field>_values` when the source carries a value per id). Labels are int64
+scalars `click`, `conversion` (click AND conversion over all exposures, i.e. the
+CTCVR label) and, for synthetic data, `intent`.
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, List, Tuple
+
+import tensorflow as tf
+
+from pwiser_tf.errors import InputError
+
+SCHEMA_VERSION = 1
+METADATA_FILE = "metadata.json"
+LABELS = ("click", "conversion")
+OPTIONAL_LABELS = ("intent",)
+CATEGORICAL_KEY = "categorical"
+NUMERICAL_KEY = "numerical"
+
+
+class MetadataError(InputError):
+    """A metadata file is missing, malformed or does not match the data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One categorical field.
+
+    Ids lie in `[0, vocab_size)`; models add one out-of-vocabulary bucket for ids
+    outside that range, so an unseen test id never indexes out of range.
+    """
+
+    name: str
+    vocab_size: int
+    has_values: bool = False  # multi-valued only: a float value per id
+
+    @property
+    def key(self) -> str:
+        """Feature key of a multi-valued field."""
+        return f"mv_{self.name}"
+
+    @property
+    def values_key(self) -> str:
+        return f"mv_{self.name}_values"
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """Features and labels of a converted dataset.
+
+    Example:
+
+    >>> schema = Schema(dataset="aliexpress",
+    ...                 categorical=(Field("categorical_1", 10),),
+    ...                 numerical=("numerical_1", "numerical_2"))
+    >>> sorted(schema.feature_spec())
+    ['categorical', 'click', 'conversion', 'numerical']
+    """
+
+    dataset: str
+    categorical: Tuple[Field, ...] = ()
+    numerical: Tuple[str, ...] = ()
+    multi_valued: Tuple[Field, ...] = ()
+    labels: Tuple[str, ...] = LABELS
+
+    def __post_init__(self):
+        object.__setattr__(self, "categorical", tuple(self.categorical))
+        object.__setattr__(self, "numerical", tuple(self.numerical))
+        object.__setattr__(self, "multi_valued", tuple(self.multi_valued))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        missing = [name for name in LABELS if name not in self.labels]
+        if missing:
+            raise MetadataError(f"schema labels {self.labels} lack {missing}")
+
+    def feature_spec(self, with_labels: bool = True) -> Dict[str, object]:
+        """The `tf.io.parse_example` spec of the record layout."""
+        spec = {}
+        if self.categorical:
+            spec[CATEGORICAL_KEY] = tf.io.FixedLenFeature([len(self.categorical)], tf.int64)
+        if self.numerical:
+            spec[NUMERICAL_KEY] = tf.io.FixedLenFeature([len(self.numerical)], tf.float32)
+        for field in self.multi_valued:
+            spec[field.key] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
+            if field.has_values:
+                spec[field.values_key] = tf.io.RaggedFeature(
+                    tf.float32, row_splits_dtype=tf.int64)
+        if with_labels:
+            for name in self.labels:
+                spec[name] = tf.io.FixedLenFeature([], tf.int64)
+        return spec
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "categorical": [dataclasses.asdict(f) for f in self.categorical],
+            "numerical": list(self.numerical),
+            "multi_valued": [dataclasses.asdict(f) for f in self.multi_valued],
+            "labels": list(self.labels),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Schema":
+        return cls(
+            dataset=data["dataset"],
+            categorical=tuple(Field(**f) for f in data.get("categorical", ())),
+            numerical=tuple(data.get("numerical", ())),
+            multi_valued=tuple(Field(**f) for f in data.get("multi_valued", ())),
+            labels=tuple(data.get("labels", LABELS)),
+        )
+
+
+@dataclasses.dataclass
+class Split:
+    """One split of a converted dataset: its shard files and its counts."""
+
+    files: List[str]
+    counts: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Metadata:
+    """The versioned `metadata.json` of a converted directory."""
+
+    schema: Schema
+    splits: Dict[str, Split]
+    source_format: str = ""
+    compression: str = ""  # "" or "GZIP"
+    schema_version: int = SCHEMA_VERSION
+    extra: Dict[str, object] = dataclasses.field(default_factory=dict)
+
+    def files(self, split: str, directory: str) -> List[str]:
+        if split not in self.splits:
+            raise MetadataError(
+                f"{os.path.join(directory, METADATA_FILE)}: no split {split!r} "
+                f"(has {sorted(self.splits)})")
+        return [os.path.join(directory, name) for name in self.splits[split].files]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "source_format": self.source_format,
+            "compression": self.compression,
+            "schema": self.schema.to_dict(),
+            "splits": {name: dataclasses.asdict(s) for name, s in self.splits.items()},
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Metadata":
+        return cls(
+            schema=Schema.from_dict(data["schema"]),
+            splits={name: Split(**s) for name, s in data["splits"].items()},
+            source_format=data.get("source_format", ""),
+            compression=data.get("compression", ""),
+            schema_version=data["schema_version"],
+            extra=data.get("extra", {}),
+        )
+
+    def save(self, directory: str) -> str:
+        """Writes `metadata.json` atomically (temporary name, then rename)."""
+        path = os.path.join(directory, METADATA_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str) -> "Metadata":
+        """Reads `DIR/metadata.json`; one clear error names the file on any problem."""
+        path = os.path.join(directory, METADATA_FILE)
+        if not os.path.isfile(path):
+            raise MetadataError(
+                f"{path}: not found; is {directory!r} a directory written by "
+                f"`pwiser-tf convert`?")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as err:
+            raise MetadataError(f"{path}: unreadable metadata ({err})") from None
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise MetadataError(
+                f"{path}: schema_version {version!r}, this pwiser-tf reads "
+                f"{SCHEMA_VERSION}; convert the data again")
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError) as err:
+            raise MetadataError(f"{path}: malformed metadata ({err!r})") from None
+
+
+def load_schema(directory: str) -> Schema:
+    """Shortcut: the `Schema` of a converted directory."""
+    return Metadata.load(directory).schema
+
+
+__all__ = ["Field", "Schema", "Split", "Metadata", "MetadataError", "load_schema",
+           "SCHEMA_VERSION", "METADATA_FILE", "LABELS", "CATEGORICAL_KEY",
+           "NUMERICAL_KEY"]
