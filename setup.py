@@ -30,6 +30,7 @@ setup(
     python_requires=">=3.10",
     package_dir=PACKAGE_DIRS,
     packages=_packages(),
+    package_data={"pwiser_tf": ["configs/*.yaml"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",

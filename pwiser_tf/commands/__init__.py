@@ -1,0 +1,50 @@
+"""Subcommands of `pwiser-tf`: each module has `add_arguments(parser)` and `run(args)`.
+
+The arguments that several subcommands share are defined here once.
+"""
+import json
+import sys
+
+from pwiser_tf import config as config_lib
+
+
+def add_config_arguments(parser, default: str) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"YAML or JSON configuration (default: the packaged "
+                             f"'{default}' configuration)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one configuration entry, e.g. train.epochs=3 "
+                             "(repeatable; the value is parsed as YAML)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def resolve_config(args, default: str, flags: dict) -> dict:
+    """Packaged default, then --config, then the dedicated flags, then --set."""
+    base = config_lib.packaged(default)
+    config = config_lib.resolve(base, args.config)
+    for key, value in flags.items():
+        if value is not None:
+            config_lib.override(config, f"{key}={json.dumps(value)}")
+    for assignment in args.set:
+        config_lib.override(config, assignment)
+    return config
+
+
+def csv_list(kind):
+    """argparse type: a comma-separated list, e.g. `--models mmoe,ple`."""
+    def parse(text):
+        return [kind(item) for item in text.split(",") if item.strip()]
+    return parse
+
+
+def progress_enabled(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def set_synthetic_rows(config: dict, rows) -> None:
+    """`--rows`: the size of every generated (synthetic) dataset of the configuration."""
+    if rows is None:
+        return
+    for spec in config["datasets"].values():
+        if isinstance(spec, dict) and "synth" in spec:
+            spec["synth"]["rows"] = rows

@@ -1,0 +1,28 @@
+"""`pwiser-tf evaluate`: score a trained model on a converted split."""
+import json
+
+from pwiser_tf.errors import InputError
+
+
+def add_arguments(parser):
+    parser.add_argument("--model-dir", required=True, metavar="DIR",
+                        help="output directory of `pwiser-tf train` (or its saved_model/)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="converted directory")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--predictions", metavar="FILE",
+                        help="write one CSV row per example, in input order: "
+                             "pctr,pcvr,pctcvr")
+
+
+def run(args):
+    from pwiser_tf import evaluation, metrics
+
+    if args.batch_size <= 0:
+        raise InputError(f"--batch-size {args.batch_size}: must be positive")
+    labels, predictions = evaluation.predict_split(args.model_dir, args.data, args.split,
+                                                   args.batch_size)
+    if args.predictions:
+        evaluation.write_predictions(predictions, args.predictions)
+    print(json.dumps(metrics.ctr_cvr_metrics(labels, predictions), indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,39 @@
+"""`pwiser-tf experiment`: the models x losses x datasets x seeds comparison."""
+import os
+
+from pwiser_tf.commands import (add_config_arguments, csv_list, progress_enabled,
+                                resolve_config, set_synthetic_rows)
+
+
+def add_arguments(parser):
+    parser.add_argument("--data", nargs="+", metavar="DIR",
+                        help="converted directories to compare on, each a dataset named "
+                             "after its folder (default: the configuration's datasets; "
+                             "built in: generated synthetic data)")
+    parser.add_argument("--models", type=csv_list(str), help="e.g. mmoe,ple,esmm")
+    parser.add_argument("--losses", type=csv_list(str), help="bce,pwiser")
+    parser.add_argument("--seeds", type=csv_list(int), help="e.g. 0,1,2")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    add_config_arguments(parser, "default")
+
+
+def run(args):
+    from pwiser_tf import experiment, report
+
+    config = resolve_config(args, "default", {
+        "models": args.models, "losses": args.losses, "seeds": args.seeds,
+        "train.epochs": args.epochs})
+    if args.data:
+        config["datasets"] = {os.path.basename(os.path.normpath(d)): {"data": d}
+                              for d in args.data}
+    set_synthetic_rows(config, args.rows)
+    rows = experiment.run_experiment(config, args.output, progress=progress_enabled(args))
+    print(report.markdown_table(report.comparison(rows)))
+    if any("intent_auc" in r for r in rows):
+        print()
+        print(report.markdown_table(report.comparison(rows, report.INTENT_TASKS)))
+    print(f"\nresults: {os.path.join(args.output, experiment.RESULTS_FILE)}, "
+          f"report: {os.path.join(args.output, 'report.md')}")
+    return 0

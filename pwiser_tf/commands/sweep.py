@@ -1,0 +1,34 @@
+"""`pwiser-tf sweep`: the PWiseR weight and margins on one dataset."""
+from pwiser_tf.commands import (add_config_arguments, csv_list, progress_enabled,
+                                resolve_config, set_synthetic_rows)
+
+
+def add_arguments(parser):
+    parser.add_argument("--data", metavar="DIR",
+                        help="converted directory (default: the configuration's dataset)")
+    parser.add_argument("--model", help="model to sweep on (default mmoe)")
+    parser.add_argument("--weights", type=csv_list(float), help="pwiser_weight values")
+    parser.add_argument("--margins", type=csv_list(float),
+                        help="margin values (margin_click = margin_nonclick)")
+    parser.add_argument("--seeds", type=csv_list(int))
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    add_config_arguments(parser, "sweep")
+
+
+def run(args):
+    import os
+
+    from pwiser_tf import sweep
+
+    config = resolve_config(args, "sweep", {
+        "sweep.model": args.model, "sweep.pwiser_weight": args.weights,
+        "sweep.margin_click": args.margins, "seeds": args.seeds, "train.epochs": args.epochs})
+    if args.margins:
+        config["sweep"]["margin_nonclick"] = args.margins
+    if args.data:
+        config["datasets"] = {os.path.basename(os.path.normpath(args.data)): {"data": args.data}}
+    set_synthetic_rows(config, args.rows)
+    print(sweep.run_sweep(config, args.output, progress=progress_enabled(args)))
+    return 0

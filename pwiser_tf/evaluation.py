@@ -1,0 +1,86 @@
+"""Scoring a trained model: its SavedModel's serving signature on a converted split.
+
+Evaluation goes through the same door as production traffic: serialized
+`tf.train.Example` records, read in file order, into the `serving_default`
+signature. The labels are parsed from the same records, so predictions and
+labels stay aligned row by row.
+"""
+import csv
+import os
+from typing import Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from pwiser_tf.errors import InputError
+from pwiser_tf.pipelines.schema import Metadata, Schema
+
+SAVED_MODEL_DIR = "saved_model"
+OUTPUTS = ("pctr", "pcvr", "pctcvr")
+
+
+def saved_model_path(model_dir: str) -> str:
+    """Accepts a `train` output directory or the SavedModel directory itself."""
+    for candidate in (os.path.join(model_dir, SAVED_MODEL_DIR), model_dir):
+        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    raise InputError(f"--model-dir {model_dir!r}: no SavedModel there "
+                     f"(expected {os.path.join(model_dir, SAVED_MODEL_DIR, 'saved_model.pb')})")
+
+
+def check_compatible(trained: Schema, data: Schema, data_dir: str) -> None:
+    """Raises if `data` lacks features the model was trained on."""
+    problems = []
+    for kind in ("categorical", "multi_valued"):
+        want = [f.name for f in getattr(trained, kind)]
+        have = [f.name for f in getattr(data, kind)]
+        if want != have:
+            problems.append(f"{kind} fields {have} but the model expects {want}")
+    if list(trained.numerical) != list(data.numerical):
+        problems.append(f"{len(data.numerical)} numerical features but the model expects "
+                        f"{len(trained.numerical)}")
+    if problems:
+        raise InputError(f"{data_dir}: data does not match the model's schema: "
+                         + "; ".join(problems))
+
+
+def predict_split(model_dir: str, data_dir: str, split: str = "test",
+                  batch_size: int = 8192) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """Labels and predictions of every example of a split, in input order."""
+    metadata = Metadata.load(data_dir)
+    files = metadata.files(split, data_dir)
+    for path in files:
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: shard listed in {data_dir}/metadata.json is missing")
+    trained = os.path.join(saved_model_path(model_dir), "assets.extra", "metadata.json")
+    if os.path.isfile(trained):
+        check_compatible(Metadata.load(os.path.dirname(trained)).schema, metadata.schema,
+                         data_dir)
+    serve = tf.saved_model.load(saved_model_path(model_dir)).signatures["serving_default"]
+    label_spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in metadata.schema.labels}
+    records = tf.data.TFRecordDataset(files, compression_type=metadata.compression or None)
+    records = records.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    labels = {name: [] for name in label_spec}
+    predictions = {name: [] for name in OUTPUTS}
+    try:
+        for batch in records:
+            for name, value in tf.io.parse_example(batch, label_spec).items():
+                labels[name].append(value.numpy())
+            for name, value in serve(examples=batch).items():
+                predictions[name].append(np.reshape(value.numpy(), [-1]))
+    except tf.errors.OpError as err:
+        raise InputError(f"{data_dir} ({split}): cannot score the records: "
+                         f"{err.message.splitlines()[0]}") from None
+    return ({k: np.concatenate(v) if v else np.zeros([0]) for k, v in labels.items()},
+            {k: np.concatenate(v) if v else np.zeros([0]) for k, v in predictions.items()})
+
+
+def write_predictions(predictions: Dict[str, np.ndarray], path: str) -> None:
+    """One CSV row per example, in input order: pctr, pcvr, pctcvr (atomic write)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(OUTPUTS)
+        columns = np.stack([predictions[name] for name in OUTPUTS], axis=1)
+        writer.writerows(np.char.mod("%.7g", columns).tolist())
+    os.replace(tmp, path)
