@@ -1,0 +1,158 @@
+"""`pwiser-tf` end to end, in subprocesses, at tiny sizes: the user's view."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+TINY = ["--set", "model.embedding_dim=4", "--set", "train.batch_size=256",
+        "--set", "train.patience=1"]
+
+
+def cli(*args, check=True, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-m", "pwiser_tf.cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("pwiser-tf")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Synthetic AliExpress data, generated and converted by the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    cli("synth", "--dataset", "aliexpress", "--rows", 6000, "--seed", 1,
+        "--output", root / "synth")
+    cli("convert", "--format", "aliexpress-csv",
+        "--input", root / "synth" / "processed" / "train.csv",
+        root / "synth" / "processed" / "test.csv",
+        "--validation-fraction", 0.2, "--output", root / "data", "--no-progress")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(converted):
+    out = converted / "run"
+    proc = cli("train", "--data", converted / "data", "--model", "mmoe", "--loss", "pwiser",
+               "--epochs", 2, "--seed", 3, "--output", out, "--no-progress", *TINY)
+    return out, json.loads(proc.stdout)
+
+
+def test_train_writes_model_metrics_and_config(trained):
+    out, printed = trained
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == printed
+    for key in ("ctr_auc", "ctcvr_auc", "cvr_auc", "ctr_logloss", "ctcvr_logloss",
+                "cvr_logloss", "train_examples_per_sec", "intent_auc"):
+        assert key in written, key
+    assert 0.5 < written["ctr_auc"] <= 1.0
+    assert written["train_examples_per_sec"] > 0
+    assert (out / "saved_model" / "saved_model.pb").is_file()
+    assert (out / "config.yaml").is_file()
+    assert any((out / "checkpoints").iterdir())
+
+
+def test_evaluate_writes_predictions_in_input_order(trained, converted, tmp_path):
+    out, train_metrics = trained
+    predictions = tmp_path / "pred.csv"
+    proc = cli("evaluate", "--model-dir", out, "--data", converted / "data",
+               "--predictions", predictions)
+    result = json.loads(proc.stdout)
+    assert result["ctr_auc"] == pytest.approx(train_metrics["ctr_auc"], abs=1e-6)
+    with open(predictions) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["pctr", "pcvr", "pctcvr"]
+    meta = json.loads((converted / "data" / "metadata.json").read_text())
+    assert len(rows) - 1 == meta["splits"]["test"]["counts"]["rows"] == result["examples"]
+    for pctr, pcvr, pctcvr in rows[1:50]:
+        assert float(pctcvr) <= float(pctr) + 1e-6
+        assert 0.0 <= float(pcvr) <= 1.0
+
+
+def test_same_seed_same_result(trained, converted, tmp_path):
+    out, first = trained
+    proc = cli("train", "--data", converted / "data", "--model", "mmoe", "--loss", "pwiser",
+               "--epochs", 2, "--seed", 3, "--output", tmp_path / "again", "--no-progress",
+               *TINY)
+    second = json.loads(proc.stdout)
+    for key in ("ctr_auc", "ctcvr_auc", "cvr_auc"):
+        assert second[key] == pytest.approx(first[key], abs=1e-6), key
+
+
+def test_experiment_grid_resumes_after_interrupt(converted, tmp_path):
+    out = tmp_path / "grid"
+    args = [sys.executable, "-m", "pwiser_tf.cli", "experiment", "--data",
+            str(converted / "data"), "--models", "shared-bottom", "--losses", "bce,pwiser",
+            "--seeds", "0", "--epochs", "1", "--output", str(out), "--no-progress", *TINY]
+    first_cell = out / "runs" / "data" / "shared-bottom" / "bce" / "seed0" / "metrics.json"
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    deadline = time.time() + 240
+    while not first_cell.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first_cell.exists(), proc.communicate()[1][-3000:] if proc.poll() is not None else ""
+    proc.send_signal(signal.SIGINT)  # interrupt during the second cell
+    proc.communicate(timeout=120)
+    assert not (out / "results.csv").exists() or proc.returncode == 0
+    finished_at = first_cell.stat().st_mtime_ns
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert first_cell.stat().st_mtime_ns == finished_at  # not recomputed
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["loss"] for r in rows) == ["bce", "pwiser"]
+    report = (out / "report.md").read_text()
+    assert "| data | shared-bottom | CTR AUC |" in report
+    assert (out / "auc_data.png").is_file() and (out / "config.yaml").is_file()
+    assert "| data | shared-bottom | CTR AUC |" in rerun.stdout
+
+
+def test_errors_are_one_line_without_traceback(converted, tmp_path):
+    data = converted / "data"
+    assert_one_line_error(
+        cli("train", "--data", data, "--model", "nosuchnet", "--loss", "bce",
+            "--output", tmp_path / "x", check=False), "unknown model 'nosuchnet'", "mmoe")
+    assert_one_line_error(
+        cli("train", "--data", tmp_path / "missing", "--model", "mmoe", "--loss", "bce",
+            "--output", tmp_path / "x", check=False), "metadata.json", "not found")
+    assert_one_line_error(
+        cli("experiment", "--output", tmp_path / "y", "--set",
+            "datasets={d: {synth: {dataset: nosuchdata, rows: 10}}}", check=False),
+        "nosuchdata")
+    assert_one_line_error(
+        cli("evaluate", "--model-dir", tmp_path / "nomodel", "--data", data, check=False),
+        "no SavedModel")
+    assert_one_line_error(
+        cli("experiment", "--output", tmp_path / "z", "--config", tmp_path / "none.yaml",
+            check=False), "none.yaml", "not found")
+
+
+def test_data_that_does_not_match_its_metadata(converted, trained, tmp_path):
+    """A shard that the metadata lists but that holds other features."""
+    import shutil
+
+    out, _ = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(converted / "data", broken)
+    meta = json.loads((broken / "metadata.json").read_text())
+    meta["schema"]["numerical"] = meta["schema"]["numerical"][:-1]
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    assert_one_line_error(
+        cli("evaluate", "--model-dir", out, "--data", broken, check=False),
+        "does not match")
