@@ -30,6 +30,7 @@ DEFAULT_SHUFFLE_BUFFER = 100_000
 DEFAULT_CYCLE_LENGTH = 8
 READ_BUFFER_BYTES = 8 << 20
 READ_AHEAD_RECORDS = 65_536
+INTERLEAVE_BLOCK = 16  # consecutive records taken from one shard
 
 
 class ShardError(InputError):
@@ -43,7 +44,8 @@ def make_dataset(path: str, batch_size: int, *, split: str = "train",
                  drop_remainder: bool = False,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  multi_valued_length: Optional[int] = None, seed: Optional[int] = None,
-                 cycle_length: int = DEFAULT_CYCLE_LENGTH, prefetch: int = tf.data.AUTOTUNE,
+                 cycle_length: int = DEFAULT_CYCLE_LENGTH,
+                 parallel_reads: Optional[int] = None, prefetch: int = tf.data.AUTOTUNE,
                  verify: bool = True) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `(features, labels)` batches (see docs/architecture.md).
 
@@ -70,6 +72,9 @@ def make_dataset(path: str, batch_size: int, *, split: str = "train",
         static shapes; `None` pads to the longest list of each batch.
       seed: seed of the shuffles.
       cycle_length: shards read at the same time when shuffling.
+      parallel_reads: threads reading those shards; `None` reads them in turn
+        in one thread, which is fastest from a local disk (docs/benchmarks.md),
+        `tf.data.AUTOTUNE` or a number helps on remote storage.
       prefetch: batches prepared ahead (`tf.data.AUTOTUNE` by default).
       verify: read every shard once, when first used in this process, so that a
         truncated or corrupt shard fails here with its name instead of mid-training.
@@ -85,7 +90,7 @@ def make_dataset(path: str, batch_size: int, *, split: str = "train",
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     records = read_records(files, compression, shuffle=shuffle, seed=seed,
                            deterministic=deterministic, input_context=input_context,
-                           cycle_length=cycle_length)
+                           cycle_length=cycle_length, parallel_reads=parallel_reads)
     if shuffle:
         records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat is True:
@@ -132,7 +137,8 @@ def resolve(path: str, split: str, schema: Optional[Schema],
 def read_records(files: Sequence[str], compression: str, *, shuffle: bool,
                  seed: Optional[int], deterministic: bool,
                  input_context: Optional[tf.distribute.InputContext],
-                 cycle_length: int) -> tf.data.Dataset:
+                 cycle_length: int, parallel_reads: Optional[int] = None
+                 ) -> tf.data.Dataset:
     """Serialized records of `files`, interleaved, this input pipeline's part only."""
     pipelines = input_context.num_input_pipelines if input_context else 1
     index = input_context.input_pipeline_id if input_context else 0
@@ -147,8 +153,9 @@ def read_records(files: Sequence[str], compression: str, *, shuffle: bool,
     if shuffle:
         names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         records = names.interleave(read, cycle_length=max(1, min(cycle_length, len(files))),
-                                   num_parallel_calls=tf.data.AUTOTUNE,
-                                   deterministic=deterministic)
+                                   block_length=INTERLEAVE_BLOCK,
+                                   num_parallel_calls=parallel_reads,
+                                   deterministic=deterministic if parallel_reads else None)
     else:  # input order: one shard after another, read ahead
         records = names.flat_map(read).prefetch(READ_AHEAD_RECORDS)
     if pipelines > 1 and not by_file:

@@ -1,0 +1,157 @@
+"""Streaming throughput of `make_dataset` for the AliExpress schema, by record layout.
+
+Writes the same rows twice, in layout v1 (packed `categorical` int64 list and
+`numerical` float list per example) and one feature per field (16 int64 + 63
+float scalars), then streams both side by side through the same tf.data
+pipeline (read, shuffle, batch, parse, prefetch) and prints examples/s and their
+ratio, and layout v1 read by parallel threads against one reader thread. The per-field pipeline stacks its scalars into the same `[B, 16]` and
+`[B, 63]` tensors, so both yield what the models consume.
+
+    python benchmarks/bench_stream.py --rows 400000 --batch-size 4096
+"""
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pwiser_tf.pipelines import dataset as dataset_lib  # noqa: E402
+from pwiser_tf.pipelines.schema import Field, Metadata, Schema, Split  # noqa: E402
+
+SCHEMA = Schema(dataset="aliexpress",
+                categorical=tuple(Field(f"categorical_{i}", 1000) for i in range(1, 17)),
+                numerical=tuple(f"numerical_{i}" for i in range(1, 64)))
+DISTINCT = 4096  # distinct rows, written over and over: realistic value sizes, quick to write
+
+
+def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+def serialized_rows(layout: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    categorical = rng.integers(0, 1000, [DISTINCT, 16])
+    numerical = rng.random([DISTINCT, 63]).astype(np.float32)
+    click = (rng.random(DISTINCT) < 0.03).astype(np.int64)
+    out = []
+    for c, n, y in zip(categorical.tolist(), numerical.tolist(), click.tolist()):
+        if layout == "packed":
+            feature = {"categorical": _ints(c), "numerical": _floats(n)}
+        else:
+            feature = {f"categorical_{i + 1}": _ints([v]) for i, v in enumerate(c)}
+            feature.update({f"numerical_{i + 1}": _floats([v]) for i, v in enumerate(n)})
+        feature.update(click=_ints([y]), conversion=_ints([0]))
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature))
+                   .SerializeToString())
+    return out
+
+
+def write(directory: str, layout: str, rows: int, shards: int, compression: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    records = serialized_rows(layout)
+    options = tf.io.TFRecordOptions(compression_type=compression)
+    names = []
+    for shard, part in enumerate(np.array_split(np.arange(rows), shards)):
+        name = f"train-{shard:05d}-of-{shards:05d}.tfrecord" + (".gz" if compression else "")
+        with tf.io.TFRecordWriter(os.path.join(directory, name), options) as writer:
+            for i in part:
+                writer.write(records[i % DISTINCT])
+        names.append(name)
+    Metadata(schema=SCHEMA, splits={"train": Split(names, {"rows": rows})},
+             compression=compression, source_format=f"bench-{layout}").save(directory)
+    return directory
+
+
+class PerFieldParser:
+    """Layout 'one feature per field', parsed into the same tensors as layout v1."""
+
+    def __init__(self):
+        self.spec = {f"categorical_{i}": tf.io.FixedLenFeature([], tf.int64)
+                     for i in range(1, 17)}
+        self.spec.update({f"numerical_{i}": tf.io.FixedLenFeature([], tf.float32)
+                          for i in range(1, 64)})
+        self.spec.update(click=tf.io.FixedLenFeature([], tf.int64),
+                         conversion=tf.io.FixedLenFeature([], tf.int64))
+
+    def __call__(self, serialized):
+        parsed = tf.io.parse_example(serialized, self.spec)
+        features = {
+            "categorical": tf.stack([parsed[f"categorical_{i}"] for i in range(1, 17)], 1),
+            "numerical": tf.stack([parsed[f"numerical_{i}"] for i in range(1, 64)], 1)}
+        labels = {k: tf.cast(parsed[k], tf.float32) for k in ("click", "conversion")}
+        return features, labels
+
+
+def per_field_dataset(directory, batch_size, shuffle, seed=0):
+    """`make_dataset`'s pipeline with the per-field parser swapped in."""
+    metadata = Metadata.load(directory)
+    records = dataset_lib.read_records(
+        metadata.files("train", directory), metadata.compression, shuffle=shuffle,
+        seed=seed, deterministic=True, input_context=None,
+        cycle_length=dataset_lib.DEFAULT_CYCLE_LENGTH, parallel_reads=None)
+    if shuffle:
+        records = records.shuffle(dataset_lib.DEFAULT_SHUFFLE_BUFFER, seed=seed)
+    return (records.batch(batch_size).map(PerFieldParser(), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def examples_per_second(dataset, rows, epochs):
+    for _ in dataset.take(2):  # warm up: builds functions, fills buffers
+        pass
+    start = time.perf_counter()
+    seen = 0
+    for _ in range(epochs):
+        for features, _ in dataset:
+            seen += int(features["categorical"].shape[0])
+    assert seen == rows * epochs, (seen, rows * epochs)
+    return seen / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--workdir", help="where to write the shards (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    root = args.workdir or tempfile.mkdtemp(prefix="bench_stream_")
+    print(f"rows={args.rows} shards={args.shards} batch_size={args.batch_size} "
+          f"epochs={args.epochs} cpus={os.cpu_count()} tf={tf.__version__}")
+    results = {}
+    for compression in ("", "GZIP"):
+        tag = compression or "none"
+        packed = write(os.path.join(root, f"packed-{tag}"), "packed", args.rows,
+                       args.shards, compression)
+        fields = write(os.path.join(root, f"fields-{tag}"), "fields", args.rows,
+                       args.shards, compression)
+        for shuffle in (False, True):
+            v1 = examples_per_second(
+                dataset_lib.make_dataset(packed, args.batch_size, shuffle=shuffle, seed=0),
+                args.rows, args.epochs)
+            per_field = examples_per_second(
+                per_field_dataset(fields, args.batch_size, shuffle), args.rows, args.epochs)
+            results[(tag, shuffle)] = (v1, per_field)
+            print(f"compression={tag:5s} shuffle={str(shuffle):5s} "
+                  f"packed (v1): {v1:10,.0f} ex/s   per-field: {per_field:10,.0f} ex/s   "
+                  f"packed/per-field: {v1 / per_field:5.2f}x")
+            if shuffle:
+                threads = examples_per_second(dataset_lib.make_dataset(
+                    packed, args.batch_size, shuffle=True, seed=0,
+                    parallel_reads=tf.data.AUTOTUNE), args.rows, args.epochs)
+                print(f"compression={tag:5s} shuffle=True  packed, parallel_reads=AUTOTUNE: "
+                      f"{threads:10,.0f} ex/s   one reader/parallel: {v1 / threads:5.2f}x")
+    return results
+
+
+if __name__ == "__main__":
+    main()
