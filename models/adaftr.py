@@ -1,0 +1,116 @@
+"""AdaFTR: adaptive fine-grained task relatedness on an MMoE backbone.
+
+The CTR and CVR towers' last hidden layers `h_c(i)`, `h_v(i)` (through an
+optional projection head, L2-normalised) of the same instance form a positive
+pair; other instances are negatives. A relatedness network predicts each
+instance's InfoNCE temperature:
+
+    tau_i = tau_min + (tau_max - tau_min) * sigmoid(MLP_r([h_c(i); h_v(i)]))
+    L_CL  = -mean_i log( exp(s(h_c(i), h_v(i)) / tau_i) / sum_j exp(s(h_c(i), h_v(j)) / tau_i) )
+
+The loss is the task BCEs + `contrastive_weight` * L_CL. The published text
+leaves the parts below open; each is an argument with the default named.
+"""
+from typing import Sequence
+
+import tensorflow as tf
+
+from pwiser_tf.errors import InputError
+from pwiser_tf.models.base import check_units, options, predictions
+from pwiser_tf.models.layers import MLP
+from pwiser_tf.models.networks import MMoE
+
+NEGATIVES = ("batch", "random")
+CVR_LOSSES = ("ctcvr", "cvr")
+
+
+class AdaFTR(MMoE):
+    """AdaFTR on MMoE with a CTR and a CVR tower, pCTCVR = pCTR * pCVR.
+
+    Args:
+      contrastive_weight: alpha, the weight of the contrastive term.
+      tau_min, tau_max: the range of the per-instance temperature.
+      negatives: `batch` (all other in-batch instances) or `random` (one random
+        other instance per instance).
+      projection_units: widths of the projection head before the similarity
+        (empty: contrast the towers' hidden layers themselves).
+      relatedness_units: hidden widths of the relatedness network MLP_r.
+      relatedness_stop_gradient: stop the gradient of the temperature into the
+        representations, so that MLP_r learns the temperature without reshaping
+        the towers.
+      cvr_loss: `ctcvr` (BCE of pCTCVR over all exposures, ESMM style) or `cvr`
+        (BCE of pCVR over clicked exposures).
+      **kwargs: the options of `MMoE`.
+    """
+
+    def __init__(self, schema, *, contrastive_weight: float = 0.1, tau_min: float = 0.05,
+                 tau_max: float = 1.0, negatives: str = "batch",
+                 projection_units: Sequence[int] = (),
+                 relatedness_units: Sequence[int] = (64,),
+                 relatedness_stop_gradient: bool = False, cvr_loss: str = "ctcvr",
+                 **kwargs):
+        if not 0 < tau_min < tau_max:
+            raise InputError(f"need 0 < tau_min < tau_max, got {tau_min}, {tau_max}")
+        if negatives not in NEGATIVES:
+            raise InputError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        if cvr_loss not in CVR_LOSSES:
+            raise InputError(f"cvr_loss must be one of {CVR_LOSSES}, got {cvr_loss!r}")
+        super().__init__(schema, extra_weights={"contrastive": contrastive_weight},
+                         bce_heads=("ctr", cvr_loss), **kwargs)
+        self._init_config.update(options(locals()))
+        self.tau_min, self.tau_max = float(tau_min), float(tau_max)
+        self.negatives, self.relatedness_stop_gradient = negatives, relatedness_stop_gradient
+        self.projection = (MLP(check_units(projection_units, "projection_units"),
+                               dropout=0.0, batch_norm=False, name="projection")
+                           if projection_units else None)
+        relatedness = [tf.keras.layers.Dense(u, activation="relu")
+                       for u in check_units(relatedness_units, "relatedness_units")]
+        self.relatedness = tf.keras.Sequential(
+            relatedness + [tf.keras.layers.Dense(1)], name="relatedness")
+
+    @property
+    def cvr_tower(self):
+        """MMoE's second tower, which here predicts CVR."""
+        return self.ctcvr_tower
+
+    def _represent(self, hidden, training):
+        z = self.projection(hidden, training=training) if self.projection else hidden
+        return tf.math.l2_normalize(z, axis=-1)
+
+    def temperature(self, z_ctr, z_cvr):
+        pair = tf.concat([z_ctr, z_cvr], axis=-1)
+        if self.relatedness_stop_gradient:
+            pair = tf.stop_gradient(pair)
+        gate = tf.sigmoid(tf.squeeze(self.relatedness(pair), -1))
+        return self.tau_min + (self.tau_max - self.tau_min) * gate
+
+    def contrastive(self, z_ctr, z_cvr, tau):
+        """InfoNCE of each instance's CTR vs CVR representation at its temperature."""
+        if self.negatives == "batch":
+            similarity = tf.matmul(z_ctr, z_cvr, transpose_b=True)      # [B, B]
+            positive = tf.linalg.diag_part(similarity)
+        else:
+            positive = tf.reduce_sum(z_ctr * z_cvr, -1)
+            shift = tf.random.uniform([], 1, tf.maximum(tf.shape(z_ctr)[0], 2), tf.int32)
+            negative = tf.reduce_sum(z_ctr * tf.roll(z_cvr, shift, axis=0), -1)
+            similarity = tf.stack([positive, negative], axis=1)        # [B, 2]
+        logits = similarity / tau[:, None]
+        return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - positive / tau)
+
+    def representations(self, features, training=None):
+        (ctr, cvr), _ = self.mix(features, training=training)
+        return (self.ctr_tower.hidden(ctr, training=training),
+                self.cvr_tower.hidden(cvr, training=training))
+
+    def temperatures(self, features):
+        """Each instance's temperature (for its histogram)."""
+        h_ctr, h_cvr = self.representations(features, training=False)
+        return self.temperature(self._represent(h_ctr, False), self._represent(h_cvr, False))
+
+    def forward(self, features, training=None):
+        h_ctr, h_cvr = self.representations(features, training=training)
+        out = predictions(tf.sigmoid(self.ctr_tower.logit(h_ctr)),
+                          pcvr=tf.sigmoid(self.cvr_tower.logit(h_cvr)))
+        z_ctr, z_cvr = self._represent(h_ctr, training), self._represent(h_cvr, training)
+        tau = self.temperature(z_ctr, z_cvr)
+        return out, {"contrastive": self.contrastive(z_ctr, z_cvr, tau)}

@@ -1,0 +1,69 @@
+"""`export_saved_model`: a SavedModel that serves serialized `tf.train.Example`s.
+
+The `serving_default` signature takes a batch of serialized records in the
+pipelines' layout (`Schema.feature_spec(with_labels=False)`), parses them with
+the same spec the training reader uses, pads multi-valued fields like
+`make_dataset` does (`-1` ids, `0` values) and returns `pctr`, `pcvr` and
+`pctcvr`, float32 `[B]`.
+
+Example:
+
+>>> export_saved_model(model, "out/saved_model", schema)        # doctest: +SKIP
+>>> serve = tf.saved_model.load("out/saved_model").signatures["serving_default"]
+>>> serve(examples=tf.constant([record]))["pctr"]               # doctest: +SKIP
+"""
+import functools
+import os
+import shutil
+
+import tensorflow as tf
+
+from pwiser_tf.pipelines.schema import Schema
+
+MV_PAD_ID = -1        # as make_dataset pads multi-valued ids
+MV_PAD_VALUE = 0.0
+
+
+def parse_serving_features(examples, schema: Schema):
+    """Model features from serialized examples: dense, padded like `make_dataset`."""
+    parsed = tf.io.parse_example(examples, schema.feature_spec(with_labels=False))
+    features = {}
+    for key, value in parsed.items():
+        if isinstance(value, tf.RaggedTensor):
+            pad = MV_PAD_VALUE if value.dtype.is_floating else MV_PAD_ID
+            value = value.to_tensor(default_value=tf.cast(pad, value.dtype))
+        features[key] = value
+    return features
+
+
+class _Serving(tf.Module):
+    """Holds the model's variables (not its Keras layers) and the signature."""
+
+    def __init__(self, model, schema: Schema):
+        super().__init__(name="serving")
+        self._predict = functools.partial(model, training=False)  # untracked
+        self._schema = schema
+        # Tracking the variables alone keeps the export free of Keras' own
+        # layer serialization: only the serving graph and the weights are saved.
+        self.weights = list(model.variables)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve(self, examples):
+        out = self._predict(parse_serving_features(examples, self._schema))
+        return {"pctr": out["ctr"], "pcvr": out["cvr"], "pctcvr": out["ctcvr"]}
+
+
+def export_saved_model(model, path: str, schema: Schema) -> str:
+    """Writes `model` as a SavedModel at `path` (replaced if it exists); returns `path`.
+
+    The directory appears complete or not at all: it is written under a
+    temporary name and renamed.
+    """
+    module = _Serving(model, schema)
+    staging = path.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    tf.saved_model.save(module, staging, signatures={"serving_default": module.serve})
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(staging, path)
+    return path

@@ -1,0 +1,216 @@
+"""Building blocks of the networks: MLP blocks, towers, expert banks, gates and
+AITM's transfer attention.
+
+An MLP block is `Dense -> BatchNorm -> ReLU -> Dropout` (the reference setting).
+"""
+from typing import Sequence
+
+import tensorflow as tf
+
+from pwiser_tf.errors import InputError
+
+
+def _units(units, what: str):
+    units = tuple(int(u) for u in units)
+    if any(u <= 0 for u in units):
+        raise InputError(f"{what} must be positive layer widths, got {units}")
+    return units
+
+
+class MLP(tf.keras.layers.Layer):
+    """A stack of `Dense -> BatchNorm -> ReLU -> Dropout` blocks.
+
+    Example:
+
+    >>> mlp = MLP((8, 4), dropout=0.1)
+    >>> mlp(tf.ones([3, 5])).shape
+    TensorShape([3, 4])
+    """
+
+    def __init__(self, units: Sequence[int], dropout: float = 0.2,
+                 batch_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.units = _units(units, "MLP units")
+        self.dropout = float(dropout)
+        self.batch_norm = bool(batch_norm)
+        self.blocks = []
+        for width in self.units:
+            block = [tf.keras.layers.Dense(width)]
+            if self.batch_norm:
+                block.append(tf.keras.layers.BatchNormalization())
+            block.append(tf.keras.layers.ReLU())
+            if self.dropout:
+                block.append(tf.keras.layers.Dropout(self.dropout))
+            self.blocks.append(block)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for block in self.blocks:
+            for layer in block:
+                x = layer(x, training=training)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, dropout=self.dropout, batch_norm=self.batch_norm)
+        return config
+
+
+class Tower(tf.keras.layers.Layer):
+    """A task tower: an `MLP`, then `Dense(1)`; returns the logit `[B]`.
+
+    `hidden` gives the last hidden layer (AdaFTR contrasts it).
+
+    Example:
+
+    >>> tower = Tower((8, 4))
+    >>> tower(tf.ones([3, 5])).shape
+    TensorShape([3])
+    """
+
+    def __init__(self, units: Sequence[int] = (128, 64), dropout: float = 0.2,
+                 batch_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.mlp = MLP(units, dropout, batch_norm, name="mlp")
+        self.head = tf.keras.layers.Dense(1, name="logit")
+
+    def hidden(self, inputs, training=None):
+        return self.mlp(inputs, training=training)
+
+    def logit(self, hidden):
+        return tf.squeeze(self.head(hidden), axis=-1)
+
+    def call(self, inputs, training=None):
+        return self.logit(self.hidden(inputs, training=training))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.mlp.units, dropout=self.mlp.dropout,
+                      batch_norm=self.mlp.batch_norm)
+        return config
+
+
+class ExpertBank(tf.keras.layers.Layer):
+    """`num_experts` expert MLPs on one input, computed together.
+
+    The first layers of all experts are one wide `Dense` (a single GEMM); later
+    layers are one batched matmul over experts. Batch norm and dropout act per
+    unit, so this is exactly `num_experts` separate MLP blocks, only faster.
+    Returns `[B, num_experts, units[-1]]`.
+
+    Example:
+
+    >>> bank = ExpertBank(3, (8, 4))
+    >>> bank(tf.ones([2, 5])).shape
+    TensorShape([2, 3, 4])
+    """
+
+    def __init__(self, num_experts: int, units: Sequence[int] = (512, 256),
+                 dropout: float = 0.2, batch_norm: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_experts) <= 0:
+            raise InputError(f"num_experts must be positive, got {num_experts}")
+        self.num_experts = int(num_experts)
+        self.units = _units(units, "expert units")
+        self.dropout = float(dropout)
+        self.batch_norm = bool(batch_norm)
+        self.first = tf.keras.layers.Dense(self.num_experts * self.units[0], name="dense_0")
+        self.norms = [tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}")
+                      if self.batch_norm else None for i in range(len(self.units))]
+        self.drop = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
+
+    def build(self, input_shape):
+        self.first.build(input_shape)
+        self.kernels, self.biases = [], []
+        for i, (fan_in, fan_out) in enumerate(zip(self.units, self.units[1:]), start=1):
+            self.kernels.append(self.add_weight(
+                name=f"kernel_{i}", shape=[self.num_experts, fan_in, fan_out],
+                initializer="glorot_uniform"))
+            self.biases.append(self.add_weight(
+                name=f"bias_{i}", shape=[self.num_experts, fan_out], initializer="zeros"))
+        for norm, width in zip(self.norms, self.units):
+            if norm is not None:
+                norm.build([None, self.num_experts * width])
+        super().build(input_shape)
+
+    def _activate(self, x, i, training):
+        if self.norms[i] is not None:
+            x = self.norms[i](x, training=training)
+        x = tf.nn.relu(x)
+        if self.drop is not None:
+            x = self.drop(x, training=training)
+        return x
+
+    def call(self, inputs, training=None):
+        x = self._activate(self.first(inputs), 0, training)          # [B, E * U0]
+        for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases), start=1):
+            x = tf.reshape(x, [-1, self.num_experts, self.units[i - 1]])
+            x = tf.einsum("beu,euv->bev", x, kernel) + bias
+            x = self._activate(tf.reshape(x, [-1, self.num_experts * self.units[i]]),
+                               i, training)
+        return tf.reshape(x, [-1, self.num_experts, self.units[-1]])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_experts=self.num_experts, units=self.units,
+                      dropout=self.dropout, batch_norm=self.batch_norm)
+        return config
+
+
+class Gate(tf.keras.layers.Layer):
+    """A softmax gate over experts: returns the weights `[B, E]` (rows sum to 1).
+
+    Example:
+
+    >>> gate = Gate(3)
+    >>> float(tf.reduce_sum(gate(tf.ones([1, 5]))))
+    1.0
+    """
+
+    def __init__(self, num_experts: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_experts = int(num_experts)
+        self.dense = tf.keras.layers.Dense(self.num_experts, name="logits")
+
+    def call(self, inputs):
+        return tf.nn.softmax(self.dense(inputs), axis=-1)
+
+    @staticmethod
+    def mix(weights, experts):
+        """`sum_k weights[:, k] * experts[:, k, :]`."""
+        return tf.einsum("be,bed->bd", weights, experts)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_experts=self.num_experts)
+        return config
+
+
+class TransferAttention(tf.keras.layers.Layer):
+    """AITM's adaptive information transfer.
+
+    The previous task's representation passes through a transfer layer `p`; it
+    and the current task's `q` are mixed by self-attention:
+    `z = sum_u w_u h1(u)`, `w_u = softmax_u(<h2(u), h3(u)> / sqrt(d))`.
+
+    Example:
+
+    >>> attention = TransferAttention()
+    >>> attention(tf.ones([2, 4]), tf.zeros([2, 4])).shape
+    TensorShape([2, 4])
+    """
+
+    def build(self, input_shape):
+        dim = int(input_shape[-1])
+        self.transfer = tf.keras.layers.Dense(dim, name="transfer")
+        self.h1 = tf.keras.layers.Dense(dim, name="value")
+        self.h2 = tf.keras.layers.Dense(dim, name="key")
+        self.h3 = tf.keras.layers.Dense(dim, name="query")
+        self.scale = dim ** -0.5
+        super().build(input_shape)
+
+    def call(self, previous, current):
+        u = tf.stack([self.transfer(previous), current], axis=1)          # [B, 2, d]
+        scores = tf.reduce_sum(self.h2(u) * self.h3(u), axis=-1) * self.scale
+        weights = tf.nn.softmax(scores, axis=1)                            # [B, 2]
+        return tf.einsum("bu,bud->bd", weights, self.h1(u))

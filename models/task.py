@@ -1,0 +1,193 @@
+"""`CtrCvrTask`: the one loss composition of every model, with its metrics.
+
+Like a TFRS task, it owns the loss and the metrics. The loss is
+
+    sum_h task_weight_h * BCE_h  +  pwiser_weight * PWiseR(head)  +  sum_e weight_e * extra_e
+
+where the BCE heads are the model's (`ctr` and `ctcvr` over all exposures by
+default; a `cvr` head counts clicked exposures only), PWiseR acts on one head
+(`ctr` by default) and the extras are a model's own terms (AITM's calibrator,
+AdaFTR's contrastive term, ESCM2's counterfactual risk). Each part is reported,
+unweighted, as the metric `<part>_loss`; `ctr_auc`, `ctcvr_auc` (all exposures),
+`cvr_auc` (clicked exposures only) and the three `*_logloss` are reported too.
+A label below 0 marks a missing label: that exposure leaves every term.
+"""
+from typing import Dict, Mapping, Optional, Sequence
+
+import tensorflow as tf
+
+from pwiser_tf.errors import InputError
+
+HEADS = ("ctr", "cvr", "ctcvr")
+SCORES = ("probability", "logit")
+NORMALIZATIONS = ("anchor", "pair")
+_EPS = 1e-7
+
+# PWiseR's strength and margins (probability scale); the experiment tool's sweep
+# (`pwiser-tf sweep`) is where they are tuned.
+PWISER_DEFAULTS = {"pwiser_weight": 1.0, "margin_click": 0.01, "margin_nonclick": 0.01}
+
+
+def logit(probability):
+    p = tf.clip_by_value(probability, _EPS, 1.0 - _EPS)
+    return tf.math.log(p) - tf.math.log1p(-p)
+
+
+class AUC(tf.keras.metrics.AUC):
+    """Streaming ROC AUC, bucketed on `sigmoid(logit(p) / logit_scale)`.
+
+    AUC depends only on the order of the scores. Click and conversion rates are
+    a few percent, so evenly spaced thresholds on the probability itself would
+    put most predictions into a handful of buckets; the monotone rescaling
+    spreads them over all `num_thresholds` buckets.
+    """
+
+    def __init__(self, num_thresholds: int = 2000, logit_scale: float = 8.0, **kwargs):
+        super().__init__(num_thresholds=num_thresholds, **kwargs)
+        self.logit_scale = float(logit_scale)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        spread = tf.sigmoid(logit(tf.cast(y_pred, tf.float32)) / self.logit_scale)
+        return super().update_state(y_true, spread, sample_weight=sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(logit_scale=self.logit_scale)
+        return config
+
+
+def binary_crossentropy(labels, probabilities):
+    p = tf.clip_by_value(probabilities, _EPS, 1.0 - _EPS)
+    return -(labels * tf.math.log(p) + (1.0 - labels) * tf.math.log1p(-p))
+
+
+def weighted_mean(values, weights):
+    return tf.math.divide_no_nan(tf.reduce_sum(values * weights), tf.reduce_sum(weights))
+
+
+def label_weights(labels: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Per head, which exposures count: labelled ones, and for `cvr` clicked ones."""
+    click, conversion = labels["click"], labels["conversion"]
+    ctr = tf.cast(click >= 0, tf.float32)
+    ctcvr = tf.cast((click >= 0) & (conversion >= 0), tf.float32)
+    return {"ctr": ctr, "ctcvr": ctcvr, "cvr": ctcvr * tf.cast(click > 0, tf.float32)}
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise InputError(f"{name} must be one of {choices}, got {value!r}")
+
+
+class CtrCvrTask(tf.keras.layers.Layer):
+    """Loss composition and metrics of a CTR/CVR model.
+
+    Args:
+      bce_heads: heads with a BCE term, e.g. `("ctr", "ctcvr")`.
+      task_weights: weight of each BCE term (default: their mean).
+      pwiser_weight: strength of the PWiseR term; 0 turns it off.
+      pwiser_head: the head PWiseR acts on: `ctr`, `ctcvr` or `cvr`.
+      pwiser_scores: `probability` (the paper's) or `logit`.
+      margin_click, margin_nonclick, squared, normalization: PWiseR's options
+        (see `pwiser_tf.kernel.pwiser`).
+      extra_weights: a model's own terms, name -> weight.
+      auc_num_thresholds, auc_logit_scale: the streaming AUCs' buckets.
+
+    Example:
+
+    >>> task = CtrCvrTask()
+    >>> labels = {"click": tf.constant([1., 0.]), "conversion": tf.constant([1., 0.])}
+    >>> predictions = {"ctr": tf.constant([.8, .2]), "cvr": tf.constant([.5, .5]),
+    ...                "ctcvr": tf.constant([.4, .1])}
+    >>> round(float(task(labels, predictions)), 4)
+    0.4389
+    """
+
+    def __init__(self, bce_heads: Sequence[str] = ("ctr", "ctcvr"),
+                 task_weights: Optional[Sequence[float]] = None,
+                 pwiser_weight: float = 0.0, pwiser_head: str = "ctr",
+                 pwiser_scores: str = "probability",
+                 margin_click: float = PWISER_DEFAULTS["margin_click"],
+                 margin_nonclick: float = PWISER_DEFAULTS["margin_nonclick"],
+                 squared: bool = True, normalization: str = "anchor",
+                 extra_weights: Optional[Mapping[str, float]] = None,
+                 auc_num_thresholds: int = 2000, auc_logit_scale: float = 8.0,
+                 name: str = "task", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.bce_heads = tuple(bce_heads)
+        for head in self.bce_heads:
+            _check_choice("a BCE head", head, HEADS)
+        if task_weights is None:
+            task_weights = [1.0 / len(self.bce_heads)] * len(self.bce_heads)
+        self.task_weights = tuple(float(w) for w in task_weights)
+        if len(self.task_weights) != len(self.bce_heads):
+            raise InputError(f"task_weights {self.task_weights} must give one weight per "
+                             f"head {self.bce_heads}")
+        _check_choice("pwiser_head", pwiser_head, HEADS)
+        _check_choice("pwiser_scores", pwiser_scores, SCORES)
+        _check_choice("normalization", normalization, NORMALIZATIONS)
+        if pwiser_weight < 0 or margin_click < 0 or margin_nonclick < 0:
+            raise InputError("pwiser_weight, margin_click and margin_nonclick must be >= 0, "
+                             f"got {pwiser_weight}, {margin_click}, {margin_nonclick}")
+        self.pwiser_weight = float(pwiser_weight)
+        self.pwiser_head, self.pwiser_scores = pwiser_head, pwiser_scores
+        self.margin_click, self.margin_nonclick = float(margin_click), float(margin_nonclick)
+        self.squared, self.normalization = bool(squared), normalization
+        self.extra_weights = {k: float(v) for k, v in (extra_weights or {}).items()}
+        self.auc_num_thresholds, self.auc_logit_scale = auc_num_thresholds, auc_logit_scale
+
+        self.aucs = {head: AUC(auc_num_thresholds, auc_logit_scale, name=f"{head}_auc")
+                     for head in ("ctr", "ctcvr", "cvr")}
+        self.loglosses = {head: tf.keras.metrics.Mean(name=f"{head}_logloss")
+                          for head in ("ctr", "ctcvr", "cvr")}
+        parts = list(self.bce_heads) + (["pwiser"] if self.pwiser_weight else [])
+        parts += list(self.extra_weights)
+        self.parts = {part: tf.keras.metrics.Mean(name=f"{part}_loss") for part in parts}
+
+    @property
+    def label_names(self):
+        return {"ctr": "click", "ctcvr": "conversion", "cvr": "conversion"}
+
+    def _pwiser(self, labels, predictions):
+        from pwiser_tf import kernel
+
+        scores = predictions[self.pwiser_head]
+        if self.pwiser_scores == "logit":
+            scores = logit(scores)
+        return kernel.pwiser(scores, labels["click"], labels["conversion"],
+                             margin_click=self.margin_click,
+                             margin_nonclick=self.margin_nonclick,
+                             squared=self.squared, normalization=self.normalization)
+
+    def call(self, labels, predictions, extras: Optional[Mapping[str, tf.Tensor]] = None,
+             training=False):
+        labels = {k: tf.cast(tf.reshape(v, [-1]), tf.float32) for k, v in labels.items()}
+        weights = label_weights(labels)
+        bce = {}
+        for head in ("ctr", "ctcvr", "cvr"):
+            target = tf.maximum(labels[self.label_names[head]], 0.0)
+            bce[head] = binary_crossentropy(target, predictions[head])
+            self.aucs[head].update_state(target, predictions[head], weights[head])
+            self.loglosses[head].update_state(bce[head], weights[head])
+        terms = {head: weighted_mean(bce[head], weights[head]) for head in self.bce_heads}
+        loss = tf.add_n([w * terms[h] for h, w in zip(self.bce_heads, self.task_weights)])
+        if self.pwiser_weight:
+            terms["pwiser"] = self._pwiser(labels, predictions)
+            loss += self.pwiser_weight * terms["pwiser"]
+        for name, weight in self.extra_weights.items():
+            terms[name] = extras[name]
+            loss += weight * terms[name]
+        for name, value in terms.items():
+            self.parts[name].update_state(value)
+        return loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            bce_heads=self.bce_heads, task_weights=self.task_weights,
+            pwiser_weight=self.pwiser_weight, pwiser_head=self.pwiser_head,
+            pwiser_scores=self.pwiser_scores, margin_click=self.margin_click,
+            margin_nonclick=self.margin_nonclick, squared=self.squared,
+            normalization=self.normalization, extra_weights=self.extra_weights,
+            auc_num_thresholds=self.auc_num_thresholds,
+            auc_logit_scale=self.auc_logit_scale)
+        return config
