@@ -1,15 +1,18 @@
 """Small in-memory CTR/CVR data for the model tests.
 
 A latent linear rule over the features sets each row's click and conversion
-probabilities, so AUC is learnable in a few hundred steps. Batches have the
-structure `make_dataset` yields: `(features, labels)` with `categorical`
+probabilities, so AUC is learnable in a few hundred steps. `write_converted`
+writes them as a converted directory for `make_dataset`; `toy_dataset` gives
+in-memory batches with the structure `make_dataset` yields: `(features, labels)` with `categorical`
 int64 `[B, C]`, `numerical` float32 `[B, N]`, `mv_<field>` int64 `[B, L]`
 padded with -1 (and its `_values`), and float32 labels.
 """
+import os
+
 import numpy as np
 import tensorflow as tf
 
-from pwiser_tf.pipelines.schema import Field, Schema
+from pwiser_tf.pipelines.schema import Field, Metadata, Schema, Split
 
 VOCAB = 20
 MV_LENGTH = 4
@@ -56,7 +59,7 @@ def toy_dataset(rows: int, batch_size: int, seed: int = 0, shuffle: bool = False
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def serialize(features, row: int) -> bytes:
+def serialize(features, row: int, labels=None) -> bytes:
     """Row `row` as a serialized `tf.train.Example` in the pipelines' layout."""
     def ints(v):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=list(v)))
@@ -65,10 +68,30 @@ def serialize(features, row: int) -> bytes:
         return tf.train.Feature(float_list=tf.train.FloatList(value=list(v)))
 
     present = features["mv_tags"][row] >= 0
-    example = tf.train.Example(features=tf.train.Features(feature={
+    feature = {
         "categorical": ints(features["categorical"][row]),
         "numerical": floats(features["numerical"][row]),
         "mv_tags": ints(features["mv_tags"][row][present]),
         "mv_tags_values": floats(features["mv_tags_values"][row][present]),
-    }))
-    return example.SerializeToString()
+    }
+    for name, value in (labels or {}).items():
+        feature[name] = ints([int(value[row])])
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_converted(directory: str, splits, shards: int = 2) -> Metadata:
+    """A converted directory (shards + metadata.json) of `{split: rows}` toy rows."""
+    schema = toy_schema()
+    metadata = Metadata(schema=schema, splits={})
+    for seed, (split, rows) in enumerate(splits.items()):
+        features, labels = toy_arrays(rows, seed)
+        names = []
+        for shard in range(shards):
+            name = f"{split}-{shard:05d}-of-{shards:05d}.tfrecord"
+            with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
+                for row in range(shard, rows, shards):
+                    writer.write(serialize(features, row, labels))
+            names.append(name)
+        metadata.splits[split] = Split(files=names, counts={"rows": rows})
+    metadata.save(directory)
+    return metadata

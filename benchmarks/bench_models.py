@@ -1,0 +1,140 @@
+"""Training throughput of the models at the reference settings, side by side.
+
+For each backend setting (oneDNN off/on, optionally XLA) one subprocess starts
+(TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` at import) and times `model.fit`
+steps of every model on in-memory AliExpress-like batches: 16 categorical
+fields with vocabularies of a few thousand, 63 numerical features, embedding
+128, MLPs (512, 256), towers (128, 64), 8 experts, batch 2048. Each setting
+also times MMoE with BCE + PWiseR against MMoE with BCE alone, and the PWiseR
+term on its own (forward and gradient), as fractions of the step time.
+
+    python benchmarks/bench_models.py                       # all models, oneDNN off/on
+    python benchmarks/bench_models.py --models mmoe --xla   # add XLA settings
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+VOCABS = (3000, 2000, 5000, 1500, 4000, 2500, 6000, 1000,
+          3500, 2000, 4500, 1200, 8000, 3000, 2200, 5000)
+NUM_NUMERICAL = 63
+CLICK_RATE, CVR = 0.03, 0.05   # clicks per exposure, conversions per click
+ALL_MODELS = ("stl", "shared-bottom", "omoe", "mmoe", "ple", "esmm", "aitm", "adaftr",
+              "escm2")
+
+
+def worker(args):
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+
+    from pwiser_tf import models
+    from pwiser_tf.pipelines.schema import Field, Schema
+
+    schema = Schema("aliexpress_like",
+                    categorical=tuple(Field(f"categorical_{i + 1}", v)
+                                      for i, v in enumerate(VOCABS)),
+                    numerical=tuple(f"numerical_{i + 1}" for i in range(NUM_NUMERICAL)))
+    rng = np.random.default_rng(0)
+    b = args.batch_size
+    click = rng.uniform(size=b) < CLICK_RATE
+    batch = ({"categorical": np.stack([rng.integers(0, v, b) for v in VOCABS], 1),
+              "numerical": rng.uniform(size=(b, NUM_NUMERICAL)).astype(np.float32)},
+             {"click": click.astype(np.float32),
+              "conversion": (click & (rng.uniform(size=b) < CVR)).astype(np.float32)})
+    data = tf.data.Dataset.from_tensors(batch).repeat()
+
+    def step_seconds(name, **config):
+        tf.keras.backend.clear_session()
+        tf.keras.utils.set_random_seed(0)
+        model = models.build_model(name, schema, **config)
+        model.compile(optimizer=models.reference_optimizer(), jit_compile=args.xla)
+        model.fit(data, steps_per_epoch=args.warmup, epochs=1, verbose=0)
+        start = time.perf_counter()
+        model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0)
+        return (time.perf_counter() - start) / args.steps
+
+    results = {}
+    for name in args.models:
+        results[name] = step_seconds(name)
+        print(f"  {name}: {b / results[name]:.0f} ex/s", file=sys.stderr, flush=True)
+    if args.pwiser:
+        from pwiser_tf import kernel
+
+        results["mmoe+pwiser"] = step_seconds("mmoe", loss="pwiser")
+        scores = tf.Variable(rng.uniform(size=b).astype(np.float32))
+        labels = [tf.constant(batch[1][k]) for k in ("click", "conversion")]
+
+        @tf.function(jit_compile=args.xla)
+        def term():
+            with tf.GradientTape() as tape:
+                value = kernel.pwiser(scores, *labels, margin_click=0.01,
+                                      margin_nonclick=0.01, squared=True,
+                                      normalization="anchor")
+            return tape.gradient(value, scores)
+
+        for _ in range(3):
+            term()
+        start = time.perf_counter()
+        for _ in range(50):
+            term()
+        results["pwiser_term"] = (time.perf_counter() - start) / 50
+    print(json.dumps(results))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=lambda s: s.split(","), default=list(ALL_MODELS))
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--xla", action="store_true", help="also time jit_compile=True")
+    parser.add_argument("--no-pwiser", dest="pwiser", action="store_false")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--onednn", default="0", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    settings = [("0", False), ("1", False)]
+    if args.xla:
+        settings += [("0", True), ("1", True)]
+    table = {}
+    for onednn, xla in settings:
+        label = f"oneDNN={onednn}{' XLA' if xla else ''}"
+        print(f"{label} ...", file=sys.stderr, flush=True)
+        command = [sys.executable, os.path.abspath(__file__), "--worker",
+                   "--models", ",".join(args.models), "--batch-size", str(args.batch_size),
+                   "--warmup", str(args.warmup), "--steps", str(args.steps)]
+        command += (["--xla"] if xla else []) + ([] if args.pwiser else ["--no-pwiser"])
+        env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2")
+        proc = subprocess.run(command, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            print(f"{label}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        table[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    labels = list(table)
+    print(f"batch {args.batch_size}, examples/s (train step incl. optimizer and metrics), "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print(f"{'model':<14}" + "".join(f"{l:>18}" for l in labels)
+          + (f"{'ratio':>10}" if len(labels) > 1 else ""))
+    rows = list(args.models) + (["mmoe+pwiser"] if args.pwiser else [])
+    for name in rows:
+        rates = [args.batch_size / table[l][name] for l in labels]
+        ratio = f"{max(rates) / rates[0]:>10.2f}" if len(rates) > 1 else ""
+        print(f"{name:<14}" + "".join(f"{r:>18.0f}" for r in rates) + ratio)
+    if args.pwiser:
+        for l in labels:
+            t = table[l]
+            print(f"{l}: PWiseR cost in MMoE: step {t['mmoe+pwiser'] / t['mmoe'] - 1:+.1%}; "
+                  f"the term alone (value + gradient) {t['pwiser_term'] * 1e3:.2f} ms = "
+                  f"{t['pwiser_term'] / t['mmoe']:.1%} of the MMoE step")
+
+
+if __name__ == "__main__":
+    main()
