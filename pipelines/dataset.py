@@ -27,10 +27,11 @@ from pwiser_tf.pipelines.schema import METADATA_FILE, Metadata, MetadataError, S
 MV_PAD_ID = -1       # padding of `mv_<field>` ids
 MV_PAD_VALUE = 0.0   # padding of `mv_<field>_values`
 DEFAULT_SHUFFLE_BUFFER = 100_000
+DEFAULT_SHUFFLE_GROUP = 16   # records shuffled together; 1 shuffles single records
 DEFAULT_CYCLE_LENGTH = 8
 READ_BUFFER_BYTES = 8 << 20
 READ_AHEAD_RECORDS = 65_536
-INTERLEAVE_BLOCK = 16  # consecutive records taken from one shard
+INTERLEAVE_BLOCK = DEFAULT_SHUFFLE_GROUP  # consecutive records taken from one shard
 
 
 class ShardError(InputError):
@@ -40,6 +41,7 @@ class ShardError(InputError):
 def make_dataset(path: str, batch_size: int, *, split: str = "train",
                  schema: Optional[Schema] = None, compression: Optional[str] = None,
                  shuffle: bool = False, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                 shuffle_group: int = DEFAULT_SHUFFLE_GROUP,
                  repeat: Union[bool, int] = False, deterministic: bool = True,
                  drop_remainder: bool = False,
                  input_context: Optional[tf.distribute.InputContext] = None,
@@ -59,9 +61,10 @@ def make_dataset(path: str, batch_size: int, *, split: str = "train",
       schema: the schema of pattern input; defaults to the directory's.
       compression: `"GZIP"` or `""`; defaults to the metadata's (a pattern: GZIP
         when the files end in `.gz`).
-      shuffle: shuffle file order and records (`shuffle_buffer` records) and
-        read `cycle_length` shards in parallel; without it records come in input
-        order (shards one after another, read ahead), so outputs line up with it.
+      shuffle: shuffle the file order and the records (`shuffle_buffer` records
+        in groups of `shuffle_group` consecutive records of one shard), reading
+        `cycle_length` shards at a time; without it records come in input order
+        (shards one after another, read ahead), so outputs line up with it.
       repeat: `True` repeats forever, an int that many epochs, `False` once.
       deterministic: keep the seed's order when shuffling; `False` lets
         parallel reads and parsing overtake each other.
@@ -81,27 +84,52 @@ def make_dataset(path: str, batch_size: int, *, split: str = "train",
     """
     if batch_size <= 0:
         raise InputError(f"batch_size must be positive, got {batch_size}")
+    if shuffle_group <= 0:
+        raise InputError(f"shuffle_group must be positive, got {shuffle_group}")
     if multi_valued_length is not None and multi_valued_length <= 0:
         raise InputError(f"multi_valued_length must be positive, got {multi_valued_length}")
     files, schema, compression = resolve(path, split, schema, compression)
     if verify:
         verify_shards(files, compression)
+    batches = record_batches(
+        files, compression, batch_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+        shuffle_group=shuffle_group, repeat=repeat, deterministic=deterministic,
+        drop_remainder=drop_remainder, input_context=input_context, seed=seed,
+        cycle_length=cycle_length, parallel_reads=parallel_reads)
+    parse = Parser(schema, multi_valued_length)
+    batches = batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=deterministic)
+    return batches.prefetch(prefetch)
+
+
+def record_batches(files: Sequence[str], compression: str, batch_size: int, *,
+                   shuffle: bool = False, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                   shuffle_group: int = DEFAULT_SHUFFLE_GROUP,
+                   repeat: Union[bool, int] = False, deterministic: bool = True,
+                   drop_remainder: bool = False,
+                   input_context: Optional[tf.distribute.InputContext] = None,
+                   seed: Optional[int] = None, cycle_length: int = DEFAULT_CYCLE_LENGTH,
+                   parallel_reads: Optional[int] = None) -> tf.data.Dataset:
+    """Batches of serialized records, before parsing (`make_dataset`'s arguments)."""
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     records = read_records(files, compression, shuffle=shuffle, seed=seed,
                            deterministic=deterministic, input_context=input_context,
                            cycle_length=cycle_length, parallel_reads=parallel_reads)
-    if shuffle:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if not shuffle:
+        return _repeat(records, repeat).batch(batch_size, drop_remainder=drop_remainder)
+    # Shuffling groups of consecutive records costs one step per group, not per
+    # record (docs/benchmarks.md); `rebatch` then cuts exact batches from them.
+    groups = records.batch(shuffle_group)
+    groups = groups.shuffle(max(1, shuffle_buffer // shuffle_group), seed=seed,
+                            reshuffle_each_iteration=True)
+    return _repeat(groups, repeat).rebatch(batch_size, drop_remainder=drop_remainder)
+
+
+def _repeat(dataset: tf.data.Dataset, repeat: Union[bool, int]) -> tf.data.Dataset:
     if repeat is True:
-        records = records.repeat()
-    elif repeat:
-        records = records.repeat(int(repeat))
-    batches = records.batch(batch_size, drop_remainder=drop_remainder)
-    parse = Parser(schema, multi_valued_length)
-    batches = batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=deterministic)
-    return batches.prefetch(prefetch)
+        return dataset.repeat()
+    return dataset.repeat(int(repeat)) if repeat else dataset
 
 
 def resolve(path: str, split: str, schema: Optional[Schema],
@@ -237,5 +265,5 @@ def _check_shard(name: str, compression: str) -> str:
     return ""
 
 
-__all__ = ["make_dataset", "Parser", "ShardError", "verify_shards", "MV_PAD_ID",
+__all__ = ["make_dataset", "record_batches", "Parser", "ShardError", "verify_shards", "MV_PAD_ID",
            "MV_PAD_VALUE"]

@@ -154,21 +154,37 @@ def test_drop_remainder_and_fixed_length_give_static_shapes(plain, rows):
     np.testing.assert_array_equal(hist, expected)
 
 
-def test_shuffle_is_deterministic_for_a_seed_and_covers_every_row(plain):
+@pytest.mark.parametrize("group", [1, 4])
+def test_shuffle_is_deterministic_for_a_seed_and_covers_every_row(plain, group):
     def order(seed):
         features, _ = _collect(make_dataset(plain, 10, shuffle=True, seed=seed,
-                                            shuffle_buffer=40))
+                                            shuffle_buffer=40, shuffle_group=group))
+        assert [len(b) for b in features["numerical"]] == [10] * 10 + [3]
         return np.concatenate(features["numerical"])[:, 0]
 
     first, again, other = order(1), order(1), order(2)
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
+    assert not np.array_equal(first, np.sort(first))
     np.testing.assert_array_equal(np.sort(first), np.arange(ROWS) / np.float32(128.0))
 
 
-def test_repeat(plain):
-    features, _ = _collect(make_dataset(plain, 100, repeat=2))
-    assert sum(len(b) for b in features["categorical"]) == 2 * ROWS
+def test_shuffled_batches_have_static_shapes_with_drop_remainder(plain):
+    ds = make_dataset(plain, 16, shuffle=True, seed=0, drop_remainder=True,
+                      multi_valued_length=2)
+    features, labels = ds.element_spec
+    assert features["categorical"].shape == (16, 3) and labels["intent"].shape == (16,)
+    assert features["mv_tags"].shape == (16, 2)
+    got, _ = _collect(ds)
+    assert [len(b) for b in got["categorical"]] == [16] * (ROWS // 16)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_repeat(plain, shuffle):
+    features, _ = _collect(make_dataset(plain, 100, repeat=2, shuffle=shuffle, seed=0))
+    values = np.concatenate(features["numerical"])[:, 0]
+    np.testing.assert_array_equal(np.sort(values),
+                                  np.repeat(np.arange(ROWS) / np.float32(128.0), 2))
 
 
 @pytest.mark.parametrize("pipelines", [2, 3, 5])
