@@ -1,0 +1,141 @@
+"""Joining a main file with a keyed side table that does not fit in memory.
+
+The raw releases split rows in two: AliExpress items reference a user row by
+search id, Ali-CCP skeleton rows reference a common-features row by
+`common_feature_index`. Both main files are written in key order, and so are
+their side files, so `SideTable` streams the side file forward in step with the
+main one and keeps only a bounded cache of recent rows (`cache_entries`).
+
+Fallback when the orders differ: the first key that the forward stream cannot
+find (it reached the end of the side file, or the row was evicted from the cache)
+switches the table to an on-disk index, an sqlite file of `key -> (offset,
+length)` built in one pass over the side file (in `index_dir`, or a temporary
+directory), and rows are then read by seeking. Memory stays bounded either way;
+an unsorted pair is slower, not wrong.
+"""
+import collections
+import os
+import sqlite3
+import tempfile
+from typing import Callable, List, Optional, Sequence
+
+from pwiser_tf.pipelines.readers.base import text_blocks
+
+_INDEX_BATCH = 100_000
+
+
+class SideTable:
+    """Rows of a headerless side file by their first cell, `lookup(keys) -> rests`.
+
+    A row's "rest" is the line after the key and its separator (without the newline);
+    `None` stands for a key the side file does not hold.
+    """
+
+    def __init__(self, path: str, *, cache_entries: int = 1 << 20, index_dir: str = "",
+                 malformed: Callable[[str, int, str], None], separator: bytes = b",",
+                 block_bytes: int = 4 << 20):
+        self.path, self.separator = path, separator
+        self.cache_entries = max(1, int(cache_entries))
+        self.index_dir, self.malformed = index_dir, malformed
+        self.block_bytes = block_bytes
+        self._cache = collections.OrderedDict()
+        self._stream = self._lines()
+        self._exhausted = False
+        self._db = None
+        self._file = None
+        self._tmp = None
+
+    def _lines(self):
+        for block, first_line, _ in text_blocks(self.path, self.block_bytes, self._long):
+            for offset, line in enumerate(block.split(b"\n")[:-1]):
+                yield first_line + offset, line.rstrip(b"\r")
+
+    def _long(self, line):
+        self.malformed(self.path, line, "line too long")
+
+    def _split(self, number: int, line: bytes):
+        cut = line.find(self.separator)
+        if cut <= 0:
+            if line.strip():
+                self.malformed(self.path, number, "no key before the first separator")
+            return None, None
+        return line[:cut], line[cut + 1:]
+
+    def lookup(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
+        if self._db is not None:
+            return self._indexed(keys)
+        out = []
+        for position, key in enumerate(keys):
+            rest = self._cache.get(key)
+            if rest is None and not self._advance_to(key):
+                self._build_index()
+                return out + self._indexed(keys[position:])
+            out.append(rest if rest is not None else self._cache[key])
+        return out
+
+    def _advance_to(self, key: bytes) -> bool:
+        if self._exhausted:
+            return False
+        for number, line in self._stream:
+            found, rest = self._split(number, line)
+            if found is None:
+                continue
+            self._cache[found] = rest
+            if len(self._cache) > self.cache_entries:
+                self._cache.popitem(last=False)
+            if found == key:
+                return True
+        self._exhausted = True
+        return False
+
+    # the fallback: an on-disk index of byte offsets ------------------------
+    def _build_index(self) -> None:
+        directory = self.index_dir
+        if not directory:
+            self._tmp = tempfile.TemporaryDirectory(prefix="pwiser-index-")
+            directory = self._tmp.name
+        os.makedirs(directory, exist_ok=True)
+        db_path = os.path.join(directory, os.path.basename(self.path) + ".index.sqlite")
+        if os.path.exists(db_path):
+            os.remove(db_path)  # never trust an index a crash may have left half-built
+        db = sqlite3.connect(db_path)
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("CREATE TABLE rows (key BLOB PRIMARY KEY, offset INTEGER, length INTEGER)")
+        rows, offset, number = [], 0, 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                number += 1
+                found, _ = self._split(number, line.rstrip(b"\r\n"))
+                if found is not None:
+                    rows.append((found, offset, len(line)))
+                offset += len(line)
+                if len(rows) >= _INDEX_BATCH:
+                    db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)", rows)
+                    rows = []
+        db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)", rows)
+        db.commit()
+        self._db = db
+        self._file = open(self.path, "rb")
+        self._cache.clear()
+
+    def _indexed(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
+        out = []
+        for key in keys:
+            row = self._db.execute("SELECT offset, length FROM rows WHERE key = ?",
+                                   (key,)).fetchone()
+            if row is None:
+                out.append(None)
+                continue
+            self._file.seek(row[0])
+            line = self._file.read(row[1]).rstrip(b"\r\n")
+            out.append(line[line.find(self.separator) + 1:])
+        return out
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        if self._file is not None:
+            self._file.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()

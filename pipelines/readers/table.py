@@ -1,0 +1,88 @@
+"""Numeric CSV blocks to numpy columns: pyarrow in the common case, a line-by-line
+pass only for a block that holds a malformed line, to name it."""
+import io
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+from pyarrow import csv as pa_csv
+
+from pwiser_tf.pipelines.readers.base import line_numbers
+
+INT, FLOAT = "int", "float"
+_ARROW = {INT: pa.int64(), FLOAT: pa.float32()}
+_PYTHON = {INT: int, FLOAT: float}
+
+
+class CsvColumns:
+    """Parses blocks of a CSV whose cells are all integers or floats.
+
+    `parse(block, first_line, path, malformed)` returns `({name: array}, lines)`,
+    where `lines` holds the 1-based line number of each row; bad lines go to
+    `malformed(path, line, reason)` (which raises or counts) and are left out.
+    """
+
+    def __init__(self, names: Sequence[str], kinds: Sequence[str]):
+        self.names, self.kinds = list(names), list(kinds)
+        self._read = pa_csv.ReadOptions(column_names=self.names, use_threads=True,
+                                        block_size=1 << 26)
+        self._parse = pa_csv.ParseOptions(quote_char=False, ignore_empty_lines=False)
+        # no null spellings: an empty cell is an error, not a silent null
+        self._convert = pa_csv.ConvertOptions(
+            column_types={n: _ARROW[k] for n, k in zip(self.names, self.kinds)},
+            null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)
+
+    def _arrow(self, block: bytes) -> Dict[str, np.ndarray]:
+        table = pa_csv.read_csv(io.BytesIO(block), read_options=self._read,
+                                parse_options=self._parse, convert_options=self._convert)
+        return {name: table.column(name).to_numpy() for name in self.names}
+
+    def parse(self, block: bytes, first_line: int, path: str,
+              malformed: Callable[[str, int, str], None]) -> Tuple[Dict[str, np.ndarray],
+                                                                   np.ndarray]:
+        try:
+            columns = self._arrow(block)
+            return columns, line_numbers(first_line, len(columns[self.names[0]]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        good: List[bytes] = []
+        lines: List[int] = []
+        for offset, line in enumerate(block.split(b"\n")[:-1]):
+            number = first_line + offset
+            reason = self._check(line)
+            if reason is None:
+                good.append(line)
+                lines.append(number)
+            elif reason:
+                malformed(path, number, reason)
+        if not good:
+            return {n: np.zeros([0], _ARROW[k].to_pandas_dtype())
+                    for n, k in zip(self.names, self.kinds)}, np.zeros([0], np.int64)
+        return self._arrow(b"\n".join(good) + b"\n"), np.asarray(lines, np.int64)
+
+    def _check(self, line: bytes):
+        """None if the line parses, "" if it is blank (skipped silently), else why not."""
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            return ""
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            return "not ASCII text"
+        cells = text.split(",")
+        if len(cells) != len(self.names):
+            return f"{len(cells)} columns, expected {len(self.names)}"
+        for name, kind, cell in zip(self.names, self.kinds, cells):
+            try:
+                _PYTHON[kind](cell)
+            except ValueError:
+                return f"column {name!r}: {cell[:40]!r} is not a{'n integer' if kind == INT else ' number'}"
+        return None
+
+
+def drop_bad_rows(bad: np.ndarray, lines: np.ndarray, path: str, reason: str,
+                  malformed: Callable[[str, int, str], None]) -> np.ndarray:
+    """Reports rows where `bad` is set; returns the mask of rows to keep."""
+    for line in lines[bad]:
+        malformed(path, int(line), reason)
+    return ~bad
