@@ -40,6 +40,7 @@ setup(
         "numpy",
         "pyyaml",
         "tqdm",
+        "pyarrow>=14",
         "matplotlib",
     ],
     extras_require={
