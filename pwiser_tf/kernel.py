@@ -1,0 +1,232 @@
+"""The PWiseR pairwise ranking term, exact in O(B log B) with static shapes.
+
+Groups inside one batch (click c, conversion v; v = 1 implies c = 1):
+S3 = converted clicks (reliable positives), S2 = clicks without conversion,
+S1 = no click. With p the scores the term acts on,
+
+    PWiseR = (1/N) sum_{i in S2} sum_{j in S3} max(0, p_i - p_j + margin_click)^2
+           + (1/K) sum_{k in S1} sum_{j in S3} max(0, p_k - p_j + margin_nonclick)^2
+
+`pwiser` computes it without a B x B matrix. For one term, write q_a = p_a + m
+for each anchor a (S2 or S1). For a positive j,
+
+    sum_{a: q_a > p_j} w_a (q_a - p_j)^2 = n_j p_j^2 - 2 p_j Q1_j + Q2_j
+
+with n_j, Q1_j, Q2_j the weighted count, sum of q and sum of q^2 over the
+anchors whose key lies above p_j. One descending sort of the keys (q_a for
+anchors, p_j for positives) and exclusive cumulative sums of (w, w q, w q^2)
+per group give every n_j, Q1_j, Q2_j of both terms at once; each positive reads
+its sums at its own sorted position. Ties contribute 0 at the hinge, so where
+they sort does not matter. Gradients flow through the gathers and sums (the
+sort order is piecewise constant). Everything is static-shaped: it runs under
+`tf.function(jit_compile=True)`, on TPU and in a `tf.distribute` replica.
+
+`pwiser_dense` is the O(B^2) definition, kept for tests and benchmarks.
+
+Example:
+
+>>> import tensorflow as tf
+>>> scores = tf.constant([0.9, 0.2, 0.6, 0.1])
+>>> click = tf.constant([1., 1., 1., 0.])
+>>> conversion = tf.constant([1., 0., 0., 0.])
+>>> round(float(pwiser(scores, click, conversion, margin_click=0.5,
+...                    margin_nonclick=0.5)), 4)
+0.02
+"""
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from pwiser_tf.errors import InputError
+
+# Defaults of the papers' open constants (chosen by `pwiser-tf sweep`; see README).
+MARGIN_CLICK = 0.01
+MARGIN_NONCLICK = 0.01
+PWISER_WEIGHT = 1.0
+
+NORMALIZATIONS = ("anchor", "pair")
+CONVERSION_WITHOUT_CLICK = ("error", "as_click")
+
+
+def _flat(name: str, value) -> tf.Tensor:
+    value = tf.convert_to_tensor(value)
+    if value.shape.rank is not None and value.shape.rank == 2 and value.shape[1] == 1:
+        value = value[:, 0]
+    elif value.shape.rank is not None and value.shape.rank != 1:
+        raise InputError(f"{name} must have shape [B] or [B, 1], got {value.shape}")
+    return value
+
+
+def _float32(value: tf.Tensor) -> tf.Tensor:
+    # float16 / bfloat16 inputs are computed in float32: the sums need the range.
+    return value if value.dtype == tf.float32 else tf.cast(value, tf.float32)
+
+
+def _check_options(normalization: str, conversion_without_click: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise InputError(f"normalization must be one of {NORMALIZATIONS}, "
+                         f"got {normalization!r}")
+    if conversion_without_click not in CONVERSION_WITHOUT_CLICK:
+        raise InputError(f"conversion_without_click must be one of "
+                         f"{CONVERSION_WITHOUT_CLICK}, got {conversion_without_click!r}")
+
+
+def _check_values(scores, click, conversion, sample_weight, conversion_without_click):
+    """Eager-mode checks of shapes and labels (graph mode skips them: no host
+    round trip and nothing that breaks XLA)."""
+    sizes = {"scores": scores.shape[0], "click": click.shape[0],
+             "conversion": conversion.shape[0]}
+    if sample_weight is not None:
+        sizes["sample_weight"] = sample_weight.shape[0]
+    known = {k: v for k, v in sizes.items() if v is not None}
+    if len(set(known.values())) > 1:
+        raise InputError("pwiser: batch sizes differ: "
+                         + ", ".join(f"{k} {v}" for k, v in known.items()))
+    if not tf.executing_eagerly():
+        return
+    c, v = np.asarray(click, np.float64), np.asarray(conversion, np.float64)
+    for name, labels in (("click", c), ("conversion", v)):
+        bad = ~((labels == 0) | (labels == 1) | (labels < 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"pwiser: {name} labels must be 0, 1 or negative (missing); "
+                             f"{name}[{i}] = {labels[i]:g}")
+    orphan = (v == 1) & (c == 0)
+    if conversion_without_click == "error" and orphan.any():
+        i = int(np.flatnonzero(orphan)[0])
+        raise InputError(
+            f"pwiser: conversion without a click at index {i} ({int(orphan.sum())} in the "
+            f"batch); pass conversion_without_click='as_click' to count them as clicks")
+    if sample_weight is not None and np.any(np.asarray(sample_weight) < 0):
+        raise InputError("pwiser: sample_weight must be non-negative")
+
+
+def _groups(click, conversion, sample_weight, conversion_without_click):
+    """Weights of each exposure in S3, S2 and S1 (0 outside the group)."""
+    click, conversion = _float32(click), _float32(conversion)
+    weight = (tf.ones_like(click) if sample_weight is None
+              else _float32(sample_weight))
+    known = tf.logical_and(click >= 0, conversion >= 0)  # below 0 = missing
+    converted = conversion > 0.5
+    clicked = click > 0.5
+    if conversion_without_click == "as_click":
+        clicked = tf.logical_or(clicked, converted)
+    else:  # graph mode: an orphan conversion belongs to no group
+        known = tf.logical_and(known, tf.logical_or(clicked, tf.logical_not(converted)))
+    weight = tf.where(known, weight, 0.0)
+    zero = tf.zeros_like(weight)
+    w3 = tf.where(tf.logical_and(clicked, converted), weight, zero)
+    w2 = tf.where(tf.logical_and(clicked, tf.logical_not(converted)), weight, zero)
+    w1 = tf.where(tf.logical_not(clicked), weight, zero)
+    return w3, w2, w1
+
+
+def _prepare(scores, click, conversion, sample_weight, normalization,
+             conversion_without_click):
+    _check_options(normalization, conversion_without_click)
+    scores, click, conversion = (_flat(n, x) for n, x in
+                                 (("scores", scores), ("click", click),
+                                  ("conversion", conversion)))
+    if sample_weight is not None:
+        sample_weight = _flat("sample_weight", sample_weight)
+    _check_values(scores, click, conversion, sample_weight, conversion_without_click)
+    return (_float32(scores),) + _groups(click, conversion, sample_weight,
+                                         conversion_without_click)
+
+
+def _normalize(total, anchors_weight, positives_weight, normalization):
+    denominator = anchors_weight if normalization == "anchor" else \
+        anchors_weight * positives_weight
+    return tf.math.divide_no_nan(total, denominator)
+
+
+def _descending_positives_first(key: tf.Tensor, positive: tf.Tensor) -> tf.Tensor:
+    """The descending order of `key`; among equal keys, positives come first.
+
+    An anchor tied with a positive then falls after it and is left out of its
+    sums, as the hinge's derivative at 0 says. Positives are moved to the front
+    with an O(B) compaction, so one stable sort settles the ties.
+    """
+    batch = tf.shape(key)[0]
+    positive_i = tf.cast(positive, tf.int32)
+    num_positive = tf.reduce_sum(positive_i)
+    destination = tf.where(positive, tf.cumsum(positive_i, exclusive=True),
+                           num_positive + tf.cumsum(1 - positive_i, exclusive=True))
+    front = tf.scatter_nd(destination[:, None], tf.range(batch), [batch])
+    order = tf.argsort(tf.stop_gradient(tf.gather(key, front)), direction="DESCENDING",
+                       stable=True)
+    return tf.gather(front, order)
+
+
+def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
+           margin_nonclick: float = MARGIN_NONCLICK, squared: bool = True,
+           normalization: str = "anchor", sample_weight=None,
+           conversion_without_click: str = "error") -> tf.Tensor:
+    """The PWiseR term (without BCE), exact, in O(B log B).
+
+    Args:
+      scores: `[B]` or `[B, 1]` predictions the term acts on (pCTR by default
+        in the models; probabilities or logits).
+      click, conversion: `[B]` or `[B, 1]` labels in {0, 1}; below 0 = missing
+        (the exposure joins no group). `conversion` = 1 requires `click` = 1.
+      margin_click: margin of the S2 (click, no conversion) vs S3 pairs.
+      margin_nonclick: margin of the S1 (no click) vs S3 pairs.
+      squared: squared hinge (default, the papers') or plain hinge.
+      normalization: `"anchor"` divides each term by the weight of its anchor
+        group (1/N, 1/K: the papers'); `"pair"` by the weight of all its pairs.
+      sample_weight: optional `[B]` non-negative weights; a pair counts
+        `w_i * w_j` and each normaliser becomes a sum of weights.
+      conversion_without_click: `"error"` (default) rejects a conversion without
+        a click in eager mode (in graph mode such rows join no group);
+        `"as_click"` counts it as a converted click.
+
+    Returns:
+      A float32 scalar; 0, with finite gradients, when a group is empty.
+    """
+    p, w3, w2, w1 = _prepare(scores, click, conversion, sample_weight, normalization,
+                             conversion_without_click)
+    key = tf.where(w2 > 0, p + margin_click, tf.where(w1 > 0, p + margin_nonclick, p))
+    order = _descending_positives_first(key, w3 > 0)
+    # Centre the sums, so that the expanded square loses little to cancellation.
+    all_weight = w1 + w2 + w3
+    shift = tf.stop_gradient(tf.math.divide_no_nan(tf.reduce_sum(all_weight * p),
+                                                   tf.reduce_sum(all_weight)))
+    key_sorted = tf.gather(key, order) - shift
+    w3_sorted = tf.gather(w3, order)
+    terms = []
+    for anchor_weight in (tf.gather(w2, order), tf.gather(w1, order)):
+        # Exclusive prefix sums: the anchors ranked strictly before each position.
+        # At a positive's position its own key is its score (minus the shift).
+        n = tf.cumsum(anchor_weight, exclusive=True)
+        q1 = tf.cumsum(anchor_weight * key_sorted, exclusive=True)
+        if squared:
+            q2 = tf.cumsum(anchor_weight * tf.square(key_sorted), exclusive=True)
+            per_positive = n * tf.square(key_sorted) - 2.0 * key_sorted * q1 + q2
+        else:
+            per_positive = q1 - n * key_sorted
+        terms.append(tf.reduce_sum(w3_sorted * per_positive))
+    positives = tf.reduce_sum(w3)
+    return (_normalize(terms[0], tf.reduce_sum(w2), positives, normalization)
+            + _normalize(terms[1], tf.reduce_sum(w1), positives, normalization))
+
+
+def pwiser_dense(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
+                 margin_nonclick: float = MARGIN_NONCLICK, squared: bool = True,
+                 normalization: str = "anchor", sample_weight=None,
+                 conversion_without_click: str = "error") -> tf.Tensor:
+    """The definition, with a dense `[B, B]` pair matrix: for tests and benchmarks."""
+    p, w3, w2, w1 = _prepare(scores, click, conversion, sample_weight, normalization,
+                             conversion_without_click)
+    positives = tf.reduce_sum(w3)
+    total = tf.zeros([], tf.float32)
+    for anchor_weight, margin in ((w2, margin_click), (w1, margin_nonclick)):
+        hinge = tf.nn.relu(p[:, None] - p[None, :] + margin)  # [anchor, positive]
+        if squared:
+            hinge = tf.square(hinge)
+        pairs = tf.reduce_sum(anchor_weight[:, None] * w3[None, :] * hinge)
+        total += _normalize(pairs, tf.reduce_sum(anchor_weight), positives, normalization)
+    return total
+
+
+__all__ = ["pwiser", "pwiser_dense", "MARGIN_CLICK", "MARGIN_NONCLICK", "PWISER_WEIGHT"]
