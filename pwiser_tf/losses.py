@@ -1,0 +1,136 @@
+"""`PWiseRLoss`: BCE on the click label plus lambda times the PWiseR term, as a Keras loss.
+
+The class derives from the *active* Keras' `Loss` (`tf.keras.losses.Loss`: Keras 3,
+or tf-keras under `TF_USE_LEGACY_KERAS=1`), so the same code works in Keras 3
+`model.compile`, in tf-keras `model.compile` and in `tfrs.tasks.Ranking`.
+
+A loss given to `compile` sees one output and one target at a time, so the
+target packs both labels: `y_true[:, 0]` is the click and `y_true[:, 1]` the
+conversion. For a two-headed model, either give PWiseR its own packed target on
+the CTR output (`loss={"ctr": PWiseRLoss(), "ctcvr": "binary_crossentropy"}` with
+`y={"ctr": np.stack([click, conversion], 1), "ctcvr": conversion}`), or call the
+loss in the model's `compute_loss` (as `pwiser_tf.models` does).
+
+Reductions: the BCE part is reduced by Keras as usual (`sample_weight` weights
+each example). PWiseR is a batch-level term: it is computed once per call, with
+`sample_weight` weighting each pair by `w_i * w_j`, and added to the reduced BCE
+(with `reduction="none"`, to every element).
+
+Example:
+
+>>> import numpy as np
+>>> loss = PWiseRLoss(pwiser_weight=1.0, margin_click=0.5, margin_nonclick=0.5)
+>>> y_true = np.array([[1, 1], [1, 0], [1, 0], [0, 0]], "float32")
+>>> y_pred = np.array([0.9, 0.2, 0.6, 0.1], "float32")
+>>> bce = -np.mean(np.log([0.9, 0.2, 0.6, 0.9]))
+>>> bool(abs(float(loss(y_true, y_pred)) - (bce + 0.02)) < 1e-5)
+True
+"""
+import tensorflow as tf
+
+from pwiser_tf import kernel
+from pwiser_tf.errors import InputError
+
+SCORES = ("probability", "logit")
+_EPSILON = 1e-7
+
+
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
+class PWiseRLoss(tf.keras.losses.Loss):
+    """BCE(click, p) + `pwiser_weight` * PWiseR(p; click, conversion).
+
+    Args:
+      pwiser_weight: lambda, the weight of the PWiseR term.
+      margin_click: margin of converted clicks over clicks without conversion.
+      margin_nonclick: margin of converted clicks over non-clicks.
+      squared: squared hinge (default) or plain hinge.
+      normalization: `"anchor"` (the papers') or `"pair"`; see `pwiser_tf.pwiser`.
+      from_logits: whether `y_pred` holds logits instead of probabilities.
+      pwiser_scores: what PWiseR compares: `"probability"` (default) or `"logit"`.
+      bce: include the BCE term (default); `False` gives PWiseR alone.
+      conversion_without_click: `"error"` or `"as_click"`; see `pwiser_tf.pwiser`.
+      reduction: Keras reduction of the BCE part.
+      name: the loss name.
+    """
+
+    def __init__(self, pwiser_weight: float = kernel.PWISER_WEIGHT,
+                 margin_click: float = kernel.MARGIN_CLICK,
+                 margin_nonclick: float = kernel.MARGIN_NONCLICK, squared: bool = True,
+                 normalization: str = "anchor", from_logits: bool = False,
+                 pwiser_scores: str = "probability", bce: bool = True,
+                 conversion_without_click: str = "error",
+                 reduction: str = "sum_over_batch_size", name: str = "pwiser_loss"):
+        super().__init__(reduction=reduction, name=name)
+        if pwiser_scores not in SCORES:
+            raise InputError(f"pwiser_scores must be one of {SCORES}, got {pwiser_scores!r}")
+        if pwiser_weight < 0 or margin_click < 0 or margin_nonclick < 0:
+            raise InputError("pwiser_weight, margin_click and margin_nonclick must be >= 0")
+        kernel._check_options(normalization, conversion_without_click)
+        self.pwiser_weight = float(pwiser_weight)
+        self.margin_click, self.margin_nonclick = float(margin_click), float(margin_nonclick)
+        self.squared, self.normalization = bool(squared), normalization
+        self.from_logits, self.pwiser_scores = bool(from_logits), pwiser_scores
+        self.bce = bool(bce)
+        self.conversion_without_click = conversion_without_click
+
+    @staticmethod
+    def _split(y_true, y_pred):
+        y_true = tf.convert_to_tensor(y_true)
+        y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
+        if y_true.shape.rank != 2 or (y_true.shape[1] is not None and y_true.shape[1] != 2):
+            raise InputError(f"PWiseRLoss: y_true must be [B, 2] = (click, conversion), "
+                             f"got shape {y_true.shape}")
+        if y_pred.shape.rank == 2 and y_pred.shape[1] == 1:
+            y_pred = y_pred[:, 0]
+        elif y_pred.shape.rank != 1:
+            raise InputError(f"PWiseRLoss: y_pred must be [B] or [B, 1], got {y_pred.shape}")
+        y_true = tf.cast(y_true, tf.float32)
+        return y_true[:, 0], y_true[:, 1], y_pred
+
+    def call(self, y_true, y_pred):
+        """Per-example BCE on the click label (0 where the click is missing)."""
+        click, _, y_pred = self._split(y_true, y_pred)
+        target = tf.maximum(click, 0.0)
+        if self.from_logits:
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=y_pred)
+        else:
+            p = tf.clip_by_value(y_pred, _EPSILON, 1.0 - _EPSILON)
+            bce = -(target * tf.math.log(p) + (1.0 - target) * tf.math.log(1.0 - p))
+        return tf.where(click >= 0, bce, 0.0)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if self.bce:
+            total = super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        else:
+            total = tf.zeros([], tf.float32)
+        if not self.pwiser_weight:
+            return total
+        click, conversion, y_pred = self._split(y_true, y_pred)
+        scores = y_pred
+        if self.from_logits and self.pwiser_scores == "probability":
+            scores = tf.sigmoid(y_pred)
+        elif not self.from_logits and self.pwiser_scores == "logit":
+            p = tf.clip_by_value(y_pred, _EPSILON, 1.0 - _EPSILON)
+            scores = tf.math.log(p) - tf.math.log1p(-p)
+        if sample_weight is not None:
+            sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        term = kernel.pwiser(scores, click, conversion, margin_click=self.margin_click,
+                             margin_nonclick=self.margin_nonclick, squared=self.squared,
+                             normalization=self.normalization, sample_weight=sample_weight,
+                             conversion_without_click=self.conversion_without_click)
+        return tf.cast(total, tf.float32) + self.pwiser_weight * term
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "pwiser_weight": self.pwiser_weight, "margin_click": self.margin_click,
+            "margin_nonclick": self.margin_nonclick, "squared": self.squared,
+            "normalization": self.normalization, "from_logits": self.from_logits,
+            "pwiser_scores": self.pwiser_scores, "bce": self.bce,
+            "conversion_without_click": self.conversion_without_click,
+        })
+        config.pop("dtype", None)  # Keras 3 adds it; the loss always computes in float32
+        return config
+
+
+__all__ = ["PWiseRLoss"]
