@@ -93,6 +93,17 @@ def _model_kwargs(config: dict, model_name: str, loss: str) -> dict:
     return kwargs
 
 
+def build_compiled(model_name: str, schema, model_config: dict, train_config: dict):
+    """The registry's model, compiled with the reference optimizer."""
+    from pwiser_tf import models
+
+    model = models.build_model(model_name, schema, **model_config)
+    model.compile(optimizer=models.reference_optimizer(
+        learning_rate=float(train_config.get("learning_rate", 1e-3)),
+        weight_decay=float(train_config.get("weight_decay", 1e-6))))
+    return model
+
+
 def _eval_source(data_dir: str, eval_data_dir: Optional[str], split: Optional[str]):
     if eval_data_dir:
         meta = Metadata.load(eval_data_dir)
@@ -138,10 +149,7 @@ def train_run(data_dir: str, output_dir: str, model_name: str, loss: str, seed: 
     train_ds = make_dataset(data_dir, batch_size, split="train", shuffle=True, seed=seed)
     val_ds = make_dataset(data_dir, batch_size, split="validation", shuffle=False)
 
-    model = models.build_model(model_name, metadata.schema, **run_config["model_config"])
-    model.compile(optimizer=models.reference_optimizer(
-        learning_rate=float(train_cfg.get("learning_rate", 1e-3)),
-        weight_decay=float(train_cfg.get("weight_decay", 1e-6))))
+    model = build_compiled(model_name, metadata.schema, run_config["model_config"], train_cfg)
     progress_cb = EpochProgress(epochs, batch_size, f"{model_name}/{loss}/seed{seed}",
                                 enabled=progress)
     callbacks = [
