@@ -8,7 +8,7 @@ ratio; then, for layout v1, the defaults against parallel reader threads and
 against shuffling single records instead of groups of 16. The per-field pipeline stacks its scalars into the same `[B, 16]` and
 `[B, 63]` tensors, so both yield what the models consume.
 
-    python benchmarks/bench_stream.py --rows 400000 --batch-size 4096
+    python benchmarks/bench_stream.py --rows 400000 --batch-size 4096 --epochs 3
 """
 import argparse
 import os
@@ -102,15 +102,19 @@ def per_field_dataset(directory, batch_size, shuffle, seed=0):
 
 
 def examples_per_second(dataset, rows, epochs):
+    """The best epoch's examples/s (the machine is shared: the best epoch is the
+    least disturbed one)."""
     for _ in dataset.take(2):  # warm up: builds functions, fills buffers
         pass
-    start = time.perf_counter()
-    seen = 0
+    best = 0.0
     for _ in range(epochs):
+        start = time.perf_counter()
+        seen = 0
         for features, _ in dataset:
             seen += int(features["categorical"].shape[0])
-    assert seen == rows * epochs, (seen, rows * epochs)
-    return seen / (time.perf_counter() - start)
+        assert seen == rows, (seen, rows)
+        best = max(best, seen / (time.perf_counter() - start))
+    return best
 
 
 def main(argv=None):
@@ -118,7 +122,7 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs; the best counts")
     parser.add_argument("--workdir", help="where to write the shards (default: a temp dir)")
     args = parser.parse_args(argv)
 
