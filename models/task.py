@@ -16,16 +16,17 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
+from pwiser_tf import kernel
 from pwiser_tf.errors import InputError
 
 HEADS = ("ctr", "cvr", "ctcvr")
 SCORES = ("probability", "logit")
-NORMALIZATIONS = ("anchor", "pair")
 _EPS = 1e-7
 
-# PWiseR's strength and margins (probability scale); the experiment tool's sweep
-# (`pwiser-tf sweep`) is where they are tuned.
-PWISER_DEFAULTS = {"pwiser_weight": 1.0, "margin_click": 0.01, "margin_nonclick": 0.01}
+# PWiseR's strength and margins: the kernel's defaults (tuned by `pwiser-tf sweep`).
+PWISER_DEFAULTS = {"pwiser_weight": kernel.PWISER_WEIGHT,
+                   "margin_click": kernel.MARGIN_CLICK,
+                   "margin_nonclick": kernel.MARGIN_NONCLICK}
 
 
 def logit(probability):
@@ -99,7 +100,7 @@ class CtrCvrTask(tf.keras.layers.Layer):
     >>> predictions = {"ctr": tf.constant([.8, .2]), "cvr": tf.constant([.5, .5]),
     ...                "ctcvr": tf.constant([.4, .1])}
     >>> round(float(task(labels, predictions)), 4)
-    0.4389
+    0.367
     """
 
     def __init__(self, bce_heads: Sequence[str] = ("ctr", "ctcvr"),
@@ -124,7 +125,7 @@ class CtrCvrTask(tf.keras.layers.Layer):
                              f"head {self.bce_heads}")
         _check_choice("pwiser_head", pwiser_head, HEADS)
         _check_choice("pwiser_scores", pwiser_scores, SCORES)
-        _check_choice("normalization", normalization, NORMALIZATIONS)
+        _check_choice("normalization", normalization, kernel.NORMALIZATIONS)
         if pwiser_weight < 0 or margin_click < 0 or margin_nonclick < 0:
             raise InputError("pwiser_weight, margin_click and margin_nonclick must be >= 0, "
                              f"got {pwiser_weight}, {margin_click}, {margin_nonclick}")
@@ -148,8 +149,6 @@ class CtrCvrTask(tf.keras.layers.Layer):
         return {"ctr": "click", "ctcvr": "conversion", "cvr": "conversion"}
 
     def _pwiser(self, labels, predictions):
-        from pwiser_tf import kernel
-
         scores = predictions[self.pwiser_head]
         if self.pwiser_scores == "logit":
             scores = logit(scores)

@@ -22,7 +22,7 @@ SMALL = {
     "ple": dict(num_shared_experts=2, num_specific_experts=1, level_units=(32, 16)),
     "esmm": dict(bottom_units=(32, 16)),
     "aitm": dict(bottom_units=(32, 16), calibrator=True),
-    "adaftr": dict(num_experts=3, expert_units=(32, 16), contrastive_weight=0.5),
+    "adaftr": dict(num_experts=3, expert_units=(32, 16)),
     "escm2": dict(bottom_units=(32, 16)),
 }
 LOSSES = ("bce", "pwiser")
@@ -56,7 +56,8 @@ def trained(request, data_dir, test_rows):
     name, loss = request.param
     tf.keras.backend.clear_session()
     tf.keras.utils.set_random_seed(0)
-    model = build(name, loss=loss, pwiser_weight=1.0, margin_click=0.05, margin_nonclick=0.05)
+    # The toy data converts often (many positives per batch), so a small weight.
+    model = build(name, loss=loss, pwiser_weight=0.05)
     model.compile(optimizer=models.reference_optimizer(learning_rate=3e-3))
     train = make_dataset(data_dir, 200, split="train", shuffle=True, seed=0)
     history = model.fit(train, epochs=EPOCHS, verbose=0)
@@ -93,6 +94,7 @@ def test_reports_metrics_and_each_loss_part(trained):
         assert "pwiser_loss" not in history
     else:
         assert all(np.isfinite(history["pwiser_loss"]))
+        assert history["pwiser_loss"][-1] < history["pwiser_loss"][0]
 
 
 def test_export_serves_serialized_examples_like_the_model(trained, tmp_path):
