@@ -1,18 +1,18 @@
 """AliExpress: the processed 82-column CSV (MTReclib) and the raw user/item files."""
 import os
-from typing import Dict, Iterator, List
+from typing import Iterator, List
 
 import numpy as np
 
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, check_header, text_blocks
+from pwiser_tf.pipelines.readers.base import Chunk, Layout, text_blocks
 from pwiser_tf.pipelines.readers.join import SideTable
+from pwiser_tf.pipelines.readers.processed import ColumnsReader, ProcessedCsvReader
 from pwiser_tf.pipelines.readers.table import FLOAT, INT, CsvColumns, drop_bad_rows
 
 CATEGORICAL = tuple(f"categorical_{i}" for i in range(1, 17))
 NUMERICAL = tuple(f"numerical_{i}" for i in range(1, 64))
 HEADER = ("search_id",) + CATEGORICAL + NUMERICAL + ("click", "conversion")
-OPTIONAL = ("intent",)
 
 # raw columns behind the processed ones (the public preprocessing's mapping)
 USER_CATEGORICAL = (2, 3, 4, 5, 6, 7, 8, 32, 33)
@@ -21,83 +21,17 @@ USER_NUMERICAL = tuple(range(9, 32))
 ITEM_NUMERICAL = tuple(i for i in range(2, 49) if i not in ITEM_CATEGORICAL)
 
 
-def _layout(labels) -> Layout:
-    return Layout("aliexpress", CATEGORICAL, NUMERICAL, (), tuple(labels))
-
-
-class _Columns(Reader):
-    """Shared: named columns of a parsed block to a checked `Chunk`."""
-
-    def _chunk(self, columns: Dict[str, np.ndarray], lines: np.ndarray, path: str,
-               categorical, numerical, labels) -> Chunk:
-        cat = np.stack([columns[c] for c in categorical], axis=1)
-        num = np.stack([columns[c] for c in numerical], axis=1)
-        lab = {name: columns[column] for name, column in labels.items()}
-        bad = (cat < 0).any(axis=1)
-        bad |= ~np.isfinite(num).all(axis=1)
-        for values in lab.values():
-            bad |= (values < 0) | (values > 1)
-        chunk = Chunk(cat, num, {}, lab, columns[self.id_column])
-        if bad.any():
-            keep = drop_bad_rows(bad, lines, path, "negative id, non-finite number or a "
-                                 "label outside {0, 1}", self.malformed)
-            chunk = chunk.select(keep)
-        return chunk
-
-
-class AliExpressCsvReader(_Columns):
+class AliExpressCsvReader(ProcessedCsvReader):
     """The processed CSV: `search_id, categorical_1..16, numerical_1..63, click,
     conversion[, intent]`, header first; rows keep their `search_id` as row id."""
 
     format = "aliexpress-csv"
-    id_column = "search_id"
-
-    def _open(self) -> Layout:
-        headers = []
-        for path in self.paths:
-            with open(path, "rb") as f:
-                first = f.readline()
-            if not first.strip():
-                headers.append(None)  # an empty file holds no rows
-                continue
-            try:
-                names = first.decode("ascii").strip().split(",")
-            except UnicodeDecodeError:
-                raise InputError(f"{path}:1: the header is not ASCII text") from None
-            headers.append(check_header(path, names, HEADER, OPTIONAL))
-        found = {tuple(h) for h in headers if h is not None}
-        if len(found) > 1:
-            raise InputError(f"{', '.join(self.paths)}: the files have different headers")
-        names = list(found.pop()) if found else list(HEADER)
-        self._names = names
-        self._parser = CsvColumns(names, [INT] * 17 + [FLOAT] * 63 + [INT] * (len(names) - 80))
-        return _layout(names[-len(names) + 80:])
-
-    def _chunks(self) -> Iterator[Chunk]:
-        labels = {"click": "click", "conversion": "conversion"}
-        if "intent" in self._names:
-            labels["intent"] = "intent"
-        done = 0
-        for path in self.paths:
-            for block, first_line, read in text_blocks(path, self.block_bytes, self._long):
-                self.position = done + read
-                if first_line == 1:  # the header
-                    cut = block.find(b"\n") + 1
-                    block, first_line = block[cut:], 2
-                    if not block:
-                        continue
-                columns, lines = self._parser.parse(block, first_line, path, self.malformed)
-                self._path = path
-                yield self._chunk(columns, lines, path, CATEGORICAL, NUMERICAL, labels)
-            done += os.path.getsize(path)
-        self.position = self.size
-
-    def _long(self, line):
-        self.malformed(self._path if hasattr(self, "_path") else self.paths[0], line,
-                       "line too long")
+    HEADER, CATEGORICAL, NUMERICAL = HEADER, CATEGORICAL, NUMERICAL
+    ID_COLUMN = "search_id"
+    DATASET = "aliexpress"
 
 
-class AliExpressRawReader(_Columns):
+class AliExpressRawReader(ColumnsReader):
     """The raw release: `<cc>_user_<split>.csv` (33 columns, `user_1` = search id)
     joined with `<cc>_item_<split>.csv` (49 columns, `item_1` = search id, `item_49`
     = 0 exposure, 1 click, 2 click and purchase) on the search id, into the
@@ -106,7 +40,6 @@ class AliExpressRawReader(_Columns):
     `SideTable` (in step with the item file when both are ordered by search id)."""
 
     format = "aliexpress-raw"
-    id_column = "item_1"
 
     def __init__(self, paths, *, cache_entries: int = 1 << 20, index_dir: str = "", **kwargs):
         self.cache_entries, self.index_dir = cache_entries, index_dir
@@ -124,7 +57,7 @@ class AliExpressRawReader(_Columns):
         kinds = [INT if (i in USER_CATEGORICAL) else FLOAT for i in range(2, 34)]
         kinds += [INT] + [INT if i in ITEM_CATEGORICAL else FLOAT for i in range(2, 49)] + [INT]
         self._parser = CsvColumns(names, kinds)
-        return _layout(("click", "conversion"))
+        return Layout("aliexpress", CATEGORICAL, NUMERICAL)
 
     def _chunks(self) -> Iterator[Chunk]:
         categorical = [f"user_{i}" for i in USER_CATEGORICAL] + \
@@ -136,7 +69,7 @@ class AliExpressRawReader(_Columns):
         try:
             for path in self.item_paths:
                 self._path = path
-                for block, first_line, read in text_blocks(path, self.block_bytes, self._long):
+                for block, first_line, read in text_blocks(path, self.block_bytes, self.long_line):
                     self.position = done + read
                     items = block.split(b"\n")[:-1]
                     keys = [line[:line.find(b",")] for line in items]
@@ -165,7 +98,8 @@ class AliExpressRawReader(_Columns):
                     columns["click"] = (label >= 1).astype(np.int64)
                     columns["conversion"] = (label == 2).astype(np.int64)
                     chunk = self._chunk(columns, rows, path, categorical, numerical,
-                                        {"click": "click", "conversion": "conversion"})
+                                        {"click": "click", "conversion": "conversion"},
+                                        columns["item_1"])
                     yield chunk
                 done += os.path.getsize(path)
         finally:
@@ -178,5 +112,3 @@ class AliExpressRawReader(_Columns):
             self.malformed(path, lines[row], reason)
         return report
 
-    def _long(self, line):
-        self.malformed(self._path, line, "line too long")

@@ -6,7 +6,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines import schema as schema_lib
 
 DEFAULT_BLOCK_BYTES = 8 << 20     # text parsed per chunk
 MAX_LINE_BYTES = 64 << 20         # a longer "line" is garbage, not data
@@ -55,10 +54,12 @@ class Layout:
     categorical: Tuple[str, ...] = ()
     numerical: Tuple[str, ...] = ()
     multi_valued: Tuple[Tuple[str, bool], ...] = ()   # (field, has_values)
-    labels: Tuple[str, ...] = schema_lib.LABELS
+    labels: Tuple[str, ...] = ("click", "conversion")
 
-    def schema(self, vocab_sizes: Dict[str, int]) -> schema_lib.Schema:
+    def schema(self, vocab_sizes: Dict[str, int]):
         """The `Schema` with `vocab_sizes[field]` for every categorical/multi-valued field."""
+        from pwiser_tf.pipelines import schema as schema_lib  # TensorFlow loads only here
+
         return schema_lib.Schema(
             dataset=self.dataset,
             categorical=tuple(schema_lib.Field(n, int(vocab_sizes[n])) for n in self.categorical),
@@ -96,6 +97,7 @@ class Reader:
     """
 
     format = ""
+    _path = ""  # the file being read, for messages
 
     def __init__(self, paths: Sequence[str], *, skip_malformed: bool = False,
                  conversions_without_click: str = "drop",
@@ -135,6 +137,9 @@ class Reader:
             raise InputError(f"{path}:{line}: malformed line: {reason} "
                              f"(skip such lines with --skip-malformed)")
         self.counts.malformed += 1
+
+    def long_line(self, line: int) -> None:
+        self.malformed(self._path, line, f"longer than {MAX_LINE_BYTES} bytes")
 
     def _label_policy(self, chunk: Chunk) -> Chunk:
         click, conversion = chunk.labels["click"], chunk.labels["conversion"]

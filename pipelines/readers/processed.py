@@ -1,0 +1,98 @@
+"""Readers of processed numeric CSVs (one row per line, a fixed list of columns)."""
+import os
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pwiser_tf.errors import InputError
+from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, check_header, text_blocks
+from pwiser_tf.pipelines.readers.table import FLOAT, INT, CsvColumns, drop_bad_rows
+
+FILE_SHIFT = 40  # row id of a file without an id column: file index << 40 | line number
+
+
+class ColumnsReader(Reader):
+    """Shared: named columns of a parsed block to a checked `Chunk`."""
+
+    def _chunk(self, columns: Dict[str, np.ndarray], lines: np.ndarray, path: str,
+               categorical: Sequence[str], numerical: Sequence[str],
+               labels: Dict[str, str], row_id: np.ndarray) -> Chunk:
+        n = len(lines)
+        cat = np.stack([columns[c] for c in categorical], axis=1) if categorical \
+            else np.zeros([n, 0], np.int64)
+        num = np.stack([columns[c] for c in numerical], axis=1) if numerical \
+            else np.zeros([n, 0], np.float32)
+        lab = {name: columns[column] for name, column in labels.items()}
+        bad = (cat < 0).any(axis=1) | ~np.isfinite(num).all(axis=1)
+        for values in lab.values():
+            bad |= (values < 0) | (values > 1)
+        chunk = Chunk(cat, num, {}, lab, row_id)
+        if bad.any():
+            chunk = chunk.select(drop_bad_rows(
+                bad, lines, path, "negative id, non-finite number or a label outside {0, 1}",
+                self.malformed))
+        return chunk
+
+
+class ProcessedCsvReader(ColumnsReader):
+    """A CSV of `HEADER` (+ any of `OPTIONAL` label columns at the end), header first.
+
+    Subclasses set the class constants: `HEADER`, `OPTIONAL`, `CATEGORICAL`,
+    `NUMERICAL`, `LABELS` (`{label: column}`), `ID_COLUMN` (or `None`: the row id is
+    the file index and line number), `DATASET` and `HEADER_REQUIRED`.
+    """
+
+    HEADER: Tuple[str, ...] = ()
+    OPTIONAL: Tuple[str, ...] = ("intent",)
+    CATEGORICAL: Tuple[str, ...] = ()
+    NUMERICAL: Tuple[str, ...] = ()
+    LABELS = {"click": "click", "conversion": "conversion"}
+    ID_COLUMN: Optional[str] = None
+    DATASET = ""
+    HEADER_REQUIRED = True
+
+    def _open(self) -> Layout:
+        headers = [self._header(path) for path in self.paths]
+        found = {tuple(h) for h in headers if h}
+        if len(found) > 1:
+            raise InputError(f"{', '.join(self.paths)}: the files have different headers")
+        self._names = list(found.pop()) if found else list(self.HEADER)
+        self._has_header = [bool(h) for h in headers]
+        kinds = [FLOAT if name in self.NUMERICAL else INT for name in self._names]
+        self._parser = CsvColumns(self._names, kinds)
+        self._labels = dict(self.LABELS)
+        self._labels.update({name: name for name in self._names if name in self.OPTIONAL})
+        return Layout(self.DATASET, self.CATEGORICAL, self.NUMERICAL, (), tuple(self._labels))
+
+    def _header(self, path: str):
+        """The header's names, `[]` for an empty file or a headerless one (if allowed)."""
+        with open(path, "rb") as f:
+            first = f.readline()
+        if not first.strip():
+            return []
+        try:
+            names = first.decode("ascii").strip().split(",")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}:1: the header is not ASCII text") from None
+        if not self.HEADER_REQUIRED and names[0].strip() != self.HEADER[0]:
+            return []  # data on the first line
+        return check_header(path, names, self.HEADER, self.OPTIONAL)
+
+    def _chunks(self) -> Iterator[Chunk]:
+        done = 0
+        for index, path in enumerate(self.paths):
+            self._path = path
+            for block, first_line, read in text_blocks(path, self.block_bytes, self.long_line):
+                self.position = done + read
+                if first_line == 1 and self._has_header[index]:
+                    block, first_line = block[block.find(b"\n") + 1:], 2
+                    if not block:
+                        continue
+                columns, lines = self._parser.parse(block, first_line, path, self.malformed)
+                row_id = columns[self.ID_COLUMN] if self.ID_COLUMN else \
+                    (np.int64(index) << FILE_SHIFT) + lines
+                yield self._chunk(columns, lines, path, self.CATEGORICAL, self.NUMERICAL,
+                                  self._labels, row_id)
+            done += os.path.getsize(path)
+        self.position = self.size
+

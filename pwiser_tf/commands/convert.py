@@ -1,0 +1,64 @@
+"""`pwiser-tf convert`: AliExpress / Ali-CCP files to sharded TFRecords.
+
+    pwiser-tf convert --format aliexpress-csv --input nl/train.csv nl/test.csv \\
+        --output data/aliexpress_nl --validation-fraction 0.1
+
+Each `--input` is `PATH` or `SPLIT=PATH`; without `SPLIT=` the split comes from
+the file or folder name (`train`, `test`, `val`/`valid`/`validation`/`dev`).
+The raw formats take both files of each split (`nl_user_train.csv
+nl_item_train.csv`, `sample_skeleton_train.csv common_features_train.csv`).
+Rerunning the same command resumes an interrupted conversion.
+"""
+import json
+
+FORMATS = ("aliexpress-csv", "aliexpress-raw", "ali-ccp-csv", "aitm-csv", "esmm-text",
+           "ali-ccp-raw")  # checked against the readers' registry in run()
+
+
+def add_arguments(parser):
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--input", required=True, nargs="+", metavar="[SPLIT=]PATH",
+                        help="input files; SPLIT is train, validation or test (default: "
+                             "from the file or folder name)")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--validation-fraction", type=float, default=0.0,
+                        help="share of train rows moved to a validation split by a hash of "
+                             "the row id (default 0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="salt of the validation hash")
+    parser.add_argument("--compression", choices=("none", "gzip"), default="none")
+    parser.add_argument("--records-per-shard", type=int, default=500_000)
+    parser.add_argument("--skip-malformed", action="store_true",
+                        help="skip and count malformed lines instead of stopping")
+    parser.add_argument("--conversions-without-click", choices=("drop", "click"),
+                        default="drop",
+                        help="rows with click 0 and conversion 1: drop them (default, as "
+                             "the public pipelines do) or keep them as clicks")
+    parser.add_argument("--cache-entries", type=int, default=1 << 20,
+                        help="raw formats: side-table rows kept while joining")
+    parser.add_argument("--index-dir", default="",
+                        help="raw formats: where to build the on-disk join index if the two "
+                             "files are not in the same key order (default: a temp dir)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished conversion of other inputs in DIR")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args):
+    from pwiser_tf.pipelines.convert import convert
+    from pwiser_tf.pipelines.readers import FORMATS as READER_FORMATS
+
+    assert set(FORMATS) == set(READER_FORMATS), "the CLI and the readers disagree on formats"
+    options = {}
+    if args.format.endswith("-raw"):
+        options = {"cache_entries": args.cache_entries, "index_dir": args.index_dir}
+    metadata = convert(args.format, args.input, args.output,
+                       validation_fraction=args.validation_fraction, seed=args.seed,
+                       compression="GZIP" if args.compression == "gzip" else "",
+                       records_per_shard=args.records_per_shard,
+                       skip_malformed=args.skip_malformed,
+                       conversions_without_click=args.conversions_without_click,
+                       overwrite=args.overwrite, progress=not args.no_progress, **options)
+    print(json.dumps({"output": args.output,
+                      "splits": {name: split.counts for name, split in metadata.splits.items()},
+                      "source_counts": metadata.extra["source_counts"]}, indent=2))
+    return 0
