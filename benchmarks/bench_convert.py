@@ -1,0 +1,96 @@
+"""Conversion rows/s of the 82-column AliExpress CSV, side by side with a naive loop.
+
+    python benchmarks/bench_convert.py --rows 300000 --naive-rows 20000
+
+Writes a CSV of `--rows` random rows (16 ids, 63 numbers with 6 decimals, two
+labels) in a temporary directory, converts it with `pipelines.convert.convert`
+and, on its first `--naive-rows` rows, with a plain Python loop that parses each
+line and builds one `tf.train.Example` per row in the same record layout. Prints
+both rates, their ratio and the ratio to the 100,000 rows/s target (best of
+`--repeats`: the machine is shared and the best run is the least disturbed).
+"""
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from pwiser_tf.pipelines.convert import convert
+from pwiser_tf.pipelines.fastcsv import csv_rows, int_cells, unit_cells
+from pwiser_tf.pipelines.readers.aliexpress import HEADER
+
+TARGET_ROWS_PER_SECOND = 100_000
+
+
+def write_csv(path: str, rows: int, seed: int = 0, chunk: int = 100_000) -> None:
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        f.write((",".join(HEADER) + "\n").encode())
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            click = (rng.random(n) < 0.04).astype(np.int64)
+            f.write(csv_rows([
+                int_cells(np.arange(start, start + n) // 20),
+                int_cells(rng.integers(0, 5000, (n, 16))),
+                unit_cells(rng.random((n, 63)), 6),
+                int_cells(np.stack([click, click * (rng.random(n) < 0.1)], axis=1))]))
+
+
+def naive(path: str, rows: int, output: str) -> float:
+    """Seconds for the per-row loop: split, cast, one `tf.train.Example`, write."""
+    start = time.perf_counter()
+    with open(path) as f, tf.io.TFRecordWriter(output) as writer:
+        next(f)
+        for _, line in zip(range(rows), f):
+            cells = line.rstrip("\n").split(",")
+            feature = {
+                "categorical": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[int(c) for c in cells[1:17]])),
+                "numerical": tf.train.Feature(float_list=tf.train.FloatList(
+                    value=[float(c) for c in cells[17:80]])),
+                "click": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(cells[80])])),
+                "conversion": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[int(cells[81])]))}
+            writer.write(tf.train.Example(features=tf.train.Features(
+                feature=feature)).SerializeToString())
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--naive-rows", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compression", default="", choices=("", "GZIP"))
+    args = parser.parse_args(argv)
+    root = tempfile.mkdtemp(prefix="bench_convert_")
+    try:
+        source = os.path.join(root, "train.csv")
+        write_csv(source, args.rows)
+        size = os.path.getsize(source)
+        print(f"rows={args.rows} ({size / 2**20:.0f} MiB) naive_rows={args.naive_rows} "
+              f"repeats={args.repeats} cpus={os.cpu_count()} compression={args.compression!r}")
+        fast = slow = float("inf")
+        for repeat in range(args.repeats):
+            output = os.path.join(root, f"out{repeat}")
+            start = time.perf_counter()
+            metadata = convert("aliexpress-csv", [source], output, progress=False,
+                               compression=args.compression)
+            fast = min(fast, time.perf_counter() - start)
+            assert metadata.splits["train"].counts["rows"] == args.rows
+            shutil.rmtree(output)
+            slow = min(slow, naive(source, args.naive_rows, os.path.join(root, "naive.tfrecord")))
+        fast_rate, slow_rate = args.rows / fast, args.naive_rows / slow
+        print(f"convert        {fast_rate:10,.0f} rows/s  ({size / fast / 2**20:5.1f} MiB/s)")
+        print(f"naive loop     {slow_rate:10,.0f} rows/s")
+        print(f"ratio convert/naive: {fast_rate / slow_rate:5.1f}x   "
+              f"convert/target({TARGET_ROWS_PER_SECOND:,}): {fast_rate / TARGET_ROWS_PER_SECOND:4.2f}x")
+    finally:
+        shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main()
