@@ -195,13 +195,12 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
                   compression, records_per_shard, progress) -> dict:
     """Converts one input split (train also writes validation), or reuses its marker."""
     marker = os.path.join(output_dir, _MARKER.format(split))
+    # a split depends on its own inputs and the options, not on the other splits' files
+    fingerprint = dict(fingerprint, inputs=fingerprint["inputs"][split])
     if os.path.exists(marker):
-        with open(marker, encoding="utf-8") as f:
-            result = json.load(f)
-        files = [n for s in result["splits"].values() for n in s["files"]]
-        if result.get("fingerprint") == _plain(fingerprint) and all(
-                os.path.exists(os.path.join(output_dir, n)) for n in files):
-            return result
+        reused = _reusable(marker, fingerprint, output_dir)
+        if reused is not None:
+            return reused
         os.remove(marker)
     outputs = [split] + (["validation"] if split == "train" and fraction > 0 else [])
     for name in outputs:  # what an interrupted run of this split left behind
@@ -249,6 +248,21 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
         json.dump(result, f)
     os.replace(tmp, marker)
     return result
+
+
+def _reusable(marker: str, fingerprint: dict, output_dir: str):
+    """The marker's result if it matches and its shards exist; None for anything else
+    (including a marker that a killed run left unreadable)."""
+    try:
+        with open(marker, encoding="utf-8") as f:
+            result = json.load(f)
+        files = [n for s in result["splits"].values() for n in s["files"]]
+        matches = result["fingerprint"] == _plain(fingerprint)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if matches and all(os.path.exists(os.path.join(output_dir, n)) for n in files):
+        return result
+    return None
 
 
 def validation_mask(row_id: np.ndarray, fraction: float, seed: int) -> np.ndarray:
