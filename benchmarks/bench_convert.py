@@ -8,6 +8,9 @@ and, on its first `--naive-rows` rows, with a plain Python loop that parses each
 line and builds one `tf.train.Example` per row in the same record layout. Prints
 both rates, their ratio and the ratio to the 100,000 rows/s target (best of
 `--repeats`: the machine is shared and the best run is the least disturbed).
+
+`--other-formats` also converts the train split of `pwiser-tf synth` data of
+`--rows` exposures in every other format (raw joins, ESMM text, Ali-CCP CSVs).
 """
 import argparse
 import os
@@ -23,6 +26,14 @@ from pwiser_tf.pipelines.fastcsv import csv_rows, int_cells, unit_cells
 from pwiser_tf.pipelines.readers.aliexpress import HEADER
 
 TARGET_ROWS_PER_SECOND = 100_000
+OTHER_FORMATS = {  # format: (synthetic dataset, train files under its output)
+    "aliexpress-raw": ("aliexpress", ["raw/nl_user_train.csv", "raw/nl_item_train.csv"]),
+    "ali-ccp-raw": ("ali-ccp", ["raw/sample_skeleton_train.csv",
+                                "raw/common_features_train.csv"]),
+    "ali-ccp-csv": ("ali-ccp", ["processed/torch_rechub/ali_ccp_train.csv"]),
+    "aitm-csv": ("ali-ccp", ["processed/aitm/train.csv"]),
+    "esmm-text": ("ali-ccp", ["processed/esmm/train.txt"]),
+}
 
 
 def write_csv(path: str, rows: int, seed: int = 0, chunk: int = 100_000) -> None:
@@ -59,12 +70,31 @@ def naive(path: str, rows: int, output: str) -> float:
     return time.perf_counter() - start
 
 
+def other_formats(root: str, rows: int) -> None:
+    from pwiser_tf.pipelines.synth import synthesize
+
+    sources = {}
+    for fmt, (dataset, files) in OTHER_FORMATS.items():
+        if dataset not in sources:
+            sources[dataset] = os.path.join(root, dataset)
+            synthesize(dataset, rows, sources[dataset], progress=False)
+        output = os.path.join(root, f"out-{fmt}")
+        start = time.perf_counter()
+        metadata = convert(fmt, ["train=" + os.path.join(sources[dataset], f) for f in files],
+                           output, progress=False)
+        seconds = time.perf_counter() - start
+        converted = metadata.splits["train"].counts["rows"]
+        print(f"{fmt:15s} {converted / seconds:10,.0f} rows/s  ({converted:,} train rows)")
+        shutil.rmtree(output)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--naive-rows", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compression", default="", choices=("", "GZIP"))
+    parser.add_argument("--other-formats", action="store_true")
     args = parser.parse_args(argv)
     root = tempfile.mkdtemp(prefix="bench_convert_")
     try:
@@ -88,6 +118,8 @@ def main(argv=None):
         print(f"naive loop     {slow_rate:10,.0f} rows/s")
         print(f"ratio convert/naive: {fast_rate / slow_rate:5.1f}x   "
               f"convert/target({TARGET_ROWS_PER_SECOND:,}): {fast_rate / TARGET_ROWS_PER_SECOND:4.2f}x")
+        if args.other_formats:
+            other_formats(root, args.rows)
     finally:
         shutil.rmtree(root)
 
