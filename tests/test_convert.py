@@ -122,6 +122,24 @@ def test_multi_valued_round_trip_esmm(tmp_path):
     assert features["mv_210"].shape == (10, 14)  # padded to the longest list
 
 
+def test_ali_ccp_raw_round_trip_with_values(tmp_path):
+    from test_readers import _ccp_files
+
+    sk, cf = _ccp_files(tmp_path)
+    out = str(tmp_path / "raw")
+    assert cli.main(["convert", "--format", "ali-ccp-raw", "--no-progress", "--output", out,
+                     "--input", sk, cf, "--conversions-without-click", "click"]) == 0
+    metadata = Metadata.load(out)
+    assert [f.key for f in metadata.schema.multi_valued] == [
+        "mv_210", "mv_109_14", "mv_110_14", "mv_127_14", "mv_150_14"]
+    features, labels = _batches(out, "train")
+    assert features["mv_109_14"].tolist() == [[31, 32], [31, 32], [-1, -1], [-1, -1]]
+    assert features["mv_109_14_values"].tolist() == [[2.5, 0.5], [2.5, 0.5], [0, 0], [0, 0]]
+    assert features["mv_210"][0].tolist() == [5, 6, 9]
+    assert labels["click"].tolist() == [0, 1, 1, 1] and labels["conversion"].tolist() == [0, 1, 1, 0]
+    assert metadata.schema.multi_valued[0].vocab_size == 10  # max id 9 + 1
+
+
 def test_validation_split_is_a_deterministic_hash_of_the_row_id(tmp_path):
     ids = np.arange(200_000, dtype=np.int64)
     held = validation_mask(ids, 0.1, seed=3)

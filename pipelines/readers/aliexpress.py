@@ -41,7 +41,7 @@ class AliExpressRawReader(ColumnsReader):
 
     format = "aliexpress-raw"
 
-    def __init__(self, paths, *, cache_entries: int = 1 << 20, index_dir: str = "", **kwargs):
+    def __init__(self, paths, *, cache_entries: int = 1 << 16, index_dir: str = "", **kwargs):
         self.cache_entries, self.index_dir = cache_entries, index_dir
         super().__init__(paths, **kwargs)
 

@@ -31,7 +31,7 @@ class SideTable:
     `None` stands for a key the side file does not hold.
     """
 
-    def __init__(self, path: str, *, cache_entries: int = 1 << 20, index_dir: str = "",
+    def __init__(self, path: str, *, cache_entries: int = 1 << 16, index_dir: str = "",
                  malformed: Callable[[str, int, str], None], separator: bytes = b",",
                  block_bytes: int = 4 << 20):
         self.path, self.separator = path, separator

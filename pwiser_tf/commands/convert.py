@@ -32,8 +32,9 @@ def add_arguments(parser):
                         default="drop",
                         help="rows with click 0 and conversion 1: drop them (default, as "
                              "the public pipelines do) or keep them as clicks")
-    parser.add_argument("--cache-entries", type=int, default=1 << 20,
-                        help="raw formats: side-table rows kept while joining")
+    parser.add_argument("--cache-entries", type=int,
+                        help="raw formats: user / common-features rows kept in memory while "
+                             "joining (default 65536)")
     parser.add_argument("--index-dir", default="",
                         help="raw formats: where to build the on-disk join index if the two "
                              "files are not in the same key order (default: a temp dir)")
@@ -47,7 +48,9 @@ def run(args):
 
     options = {}
     if args.format.endswith("-raw"):
-        options = {"cache_entries": args.cache_entries, "index_dir": args.index_dir}
+        options = {"index_dir": args.index_dir}
+        if args.cache_entries:
+            options["cache_entries"] = args.cache_entries
     metadata = convert(args.format, args.input, args.output,
                        validation_fraction=args.validation_fraction, seed=args.seed,
                        compression="GZIP" if args.compression == "gzip" else "",
