@@ -2,6 +2,10 @@
 import csv
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -213,6 +217,32 @@ def test_crash_inside_a_split_and_leftovers_of_a_killed_run(tmp_path):
     assert sorted(os.listdir(out)) == [METADATA_FILE, "train-00000-of-00002.tfrecord",
                                        "train-00001-of-00002.tfrecord"]
     assert metadata.splits["train"].counts["rows"] == 100
+
+
+def test_killed_conversion_reruns_cleanly(tmp_path):
+    """SIGKILL while shards are being written, then the same command again."""
+    source = str(tmp_path / "train.csv")
+    with open(AE_TRAIN, "rb") as f:
+        header, *rows = f.read().splitlines(keepends=True)
+    with open(source, "wb") as f:
+        f.write(header + b"".join(rows) * 3000)  # 300,000 rows, about 140 MB
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "pwiser_tf.cli", "convert", "--format", "aliexpress-csv",
+               "--no-progress", "--records-per-shard", "20000", "--input", source,
+               "--output", out]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and process.poll() is None and not (
+            os.path.isdir(out) and any(n.endswith(".partial") for n in os.listdir(out))):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(out, METADATA_FILE))
+    assert not [n for n in os.listdir(out) if n.endswith(".tfrecord")]
+    assert subprocess.run(command, stdout=subprocess.DEVNULL).returncode == 0
+    metadata = Metadata.load(out)
+    assert metadata.splits["train"].counts["rows"] == 300_000
+    assert sorted(os.listdir(out)) == sorted(metadata.splits["train"].files + [METADATA_FILE])
 
 
 def test_truncated_shard_is_rejected(aliexpress, tmp_path):
