@@ -25,8 +25,8 @@ The latent model (one exposure = one item shown to a user in a result list):
 - The clean label `intent` says whether the exposure had purchase intent.
 
 With the defaults, about 1.4% of exposures carry intent and about 2% get a noise
-click (CTR about 3.5%, 55-60% of the clicks are noise), and about 0.4% convert
-(30% of the intentional clicks) (`RATE_RANGES` holds the ranges the tests enforce). The features reveal
+click (CTR about 3.6%, about 60% of the clicks are noise), and about 0.45% convert
+(a third of the intentional clicks) (`RATE_RANGES` holds the ranges the tests enforce). The features reveal
 the latents with noise: the segment and category ids (their cross is the taste
 matrix) and a noisy user-category match score (as an upstream ranker would
 give), a brand id and a noisy quality score, a user level and a noisy
@@ -77,21 +77,21 @@ class LatentModel:
     segments: int = 24                  # user taste segments
     categories: int = 32                # item categories
     brands: int = 120
-    affinity_scale: float = 1.0         # std of the segment x category taste matrix
-    quality_weight: float = 0.8
+    affinity_scale: float = 1.5         # std of the segment x category taste matrix
+    quality_weight: float = 1.0
     propensity_weight: float = 0.5
-    intent_bias: float = -4.9
+    intent_bias: float = -5.6
     intent_position_weight: float = 0.3
     bait_share: float = 0.15            # share of items that are clickbait
     bait_quality_shift: float = -0.5    # clickbait items are worse on average
-    noise_bias: float = -4.9
-    bait_weight: float = 2.2
-    attraction_weight: float = 1.0
-    noise_position_weight: float = 1.0
-    conversion_bias: float = -2.0
+    noise_bias: float = -5.2
+    bait_weight: float = 2.5
+    attraction_weight: float = 1.5
+    noise_position_weight: float = 1.5
+    conversion_bias: float = -2.6
     conversion_relevance_weight: float = 0.5
     price_weight: float = 1.0
-    match_noise: float = 0.5            # noise of the user-category match score
+    match_noise: float = 0.3            # noise of the user-category match score
     min_items_per_search: int = 5
     max_items_per_search: int = 40
     users_per_row: float = 1 / 40       # user pool size relative to rows
