@@ -19,6 +19,8 @@ USER_CATEGORICAL = (2, 3, 4, 5, 6, 7, 8, 32, 33)
 ITEM_CATEGORICAL = (19, 34, 35, 36, 40, 41, 42)
 USER_NUMERICAL = tuple(range(9, 32))
 ITEM_NUMERICAL = tuple(i for i in range(2, 49) if i not in ITEM_CATEGORICAL)
+_RAW_CATEGORICAL = [f"user_{i}" for i in USER_CATEGORICAL] + [f"item_{i}" for i in ITEM_CATEGORICAL]
+_RAW_NUMERICAL = [f"user_{i}" for i in USER_NUMERICAL] + [f"item_{i}" for i in ITEM_NUMERICAL]
 
 
 class AliExpressCsvReader(ProcessedCsvReader):
@@ -35,7 +37,7 @@ class AliExpressRawReader(ColumnsReader):
     """The raw release: `<cc>_user_<split>.csv` (33 columns, `user_1` = search id)
     joined with `<cc>_item_<split>.csv` (49 columns, `item_1` = search id, `item_49`
     = 0 exposure, 1 click, 2 click and purchase) on the search id, into the
-    processed CSV's layout. Paths: the user file(s) and the item file(s), told
+    processed CSV's layout. Paths: the user file and the item file(s), told
     apart by `_user_` / `_item_` in their names. The user file is read through a
     `SideTable` (in step with the item file when both are ordered by search id)."""
 
@@ -60,51 +62,55 @@ class AliExpressRawReader(ColumnsReader):
         return Layout("aliexpress", CATEGORICAL, NUMERICAL)
 
     def _chunks(self) -> Iterator[Chunk]:
-        categorical = [f"user_{i}" for i in USER_CATEGORICAL] + \
-                      [f"item_{i}" for i in ITEM_CATEGORICAL]
-        numerical = [f"user_{i}" for i in USER_NUMERICAL] + [f"item_{i}" for i in ITEM_NUMERICAL]
         users = SideTable(self.user_paths[0], cache_entries=self.cache_entries,
                           index_dir=self.index_dir, malformed=self.malformed)
         done = 0
         try:
             for path in self.item_paths:
                 self._path = path
-                for block, first_line, read in text_blocks(path, self.block_bytes, self.long_line):
+                for block, first_line, read in text_blocks(path, self.block_bytes,
+                                                           self.long_line):
                     self.position = done + read
-                    items = block.split(b"\n")[:-1]
-                    keys = [line[:line.find(b",")] for line in items]
-                    found = users.lookup(keys)
-                    joined, lines = [], []
-                    for offset, (line, user) in enumerate(zip(items, found)):
-                        if user is None:
-                            if line.strip():
-                                self.malformed(path, first_line + offset,
-                                               "search id not in the user file")
-                            continue
-                        joined.append(user + b"," + line.rstrip(b"\r"))
-                        lines.append(first_line + offset)
-                    if not joined:
-                        continue
-                    columns, rows = self._parser.parse(b"\n".join(joined) + b"\n", 0, path,
-                                                       self._raw_malformed(lines))
-                    rows = np.asarray(lines, np.int64)[rows] if len(rows) else rows
-                    label = columns["item_49"]
-                    bad = (label < 0) | (label > 2)
-                    if bad.any():
-                        keep = drop_bad_rows(bad, rows, path, "item_49 is not 0, 1 or 2",
-                                             self.malformed)
-                        columns = {name: values[keep] for name, values in columns.items()}
-                        rows, label = rows[keep], label[keep]
-                    columns["click"] = (label >= 1).astype(np.int64)
-                    columns["conversion"] = (label == 2).astype(np.int64)
-                    chunk = self._chunk(columns, rows, path, categorical, numerical,
-                                        {"click": "click", "conversion": "conversion"},
-                                        columns["item_1"])
-                    yield chunk
+                    chunk = self._block(block, first_line, path, users)
+                    if chunk is not None:
+                        yield chunk
                 done += os.path.getsize(path)
         finally:
             users.close()
         self.position = self.size
+
+    def _block(self, block: bytes, first_line: int, path: str, users: SideTable):
+        items, lines = [], []
+        for offset, line in enumerate(block.split(b"\n")[:-1]):
+            line = line.rstrip(b"\r")
+            if line.find(b",") > 0:
+                items.append(line)
+                lines.append(first_line + offset)
+            elif line.strip():
+                self.malformed(path, first_line + offset, "no search id before a comma")
+        found = users.lookup([line[:line.find(b",")] for line in items])
+        joined, joined_lines = [], []
+        for line, number, user in zip(items, lines, found):
+            if user is None:
+                self.malformed(path, number, "search id not in the user file")
+                continue
+            joined.append(user + b"," + line)
+            joined_lines.append(number)
+        if not joined:
+            return None
+        columns, rows = self._parser.parse(b"\n".join(joined) + b"\n", 0, path,
+                                           self._raw_malformed(joined_lines))
+        rows = np.asarray(joined_lines, np.int64)[rows]
+        label = columns["item_49"]
+        bad = (label < 0) | (label > 2)
+        if bad.any():
+            keep = drop_bad_rows(bad, rows, path, "item_49 is not 0, 1 or 2", self.malformed)
+            columns = {name: values[keep] for name, values in columns.items()}
+            rows, label = rows[keep], label[keep]
+        columns["click"] = (label >= 1).astype(np.int64)
+        columns["conversion"] = (label == 2).astype(np.int64)
+        return self._chunk(columns, rows, path, _RAW_CATEGORICAL, _RAW_NUMERICAL,
+                           {"click": "click", "conversion": "conversion"}, columns["item_1"])
 
     def _raw_malformed(self, lines: List[int]):
         """Joined rows are numbered from 0: report the item file's line instead."""
