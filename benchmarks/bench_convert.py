@@ -116,8 +116,9 @@ def main(argv=None):
         fast_rate, slow_rate = args.rows / fast, args.naive_rows / slow
         print(f"convert        {fast_rate:10,.0f} rows/s  ({size / fast / 2**20:5.1f} MiB/s)")
         print(f"naive loop     {slow_rate:10,.0f} rows/s")
+        target = fast_rate / TARGET_ROWS_PER_SECOND
         print(f"ratio convert/naive: {fast_rate / slow_rate:5.1f}x   "
-              f"convert/target({TARGET_ROWS_PER_SECOND:,}): {fast_rate / TARGET_ROWS_PER_SECOND:4.2f}x")
+              f"convert/target({TARGET_ROWS_PER_SECOND:,}): {target:4.2f}x")
         if args.other_formats:
             other_formats(root, args.rows)
     finally:

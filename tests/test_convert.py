@@ -140,7 +140,8 @@ def test_ali_ccp_raw_round_trip_with_values(tmp_path):
     assert features["mv_109_14"].tolist() == [[31, 32], [31, 32], [-1, -1], [-1, -1]]
     assert features["mv_109_14_values"].tolist() == [[2.5, 0.5], [2.5, 0.5], [0, 0], [0, 0]]
     assert features["mv_210"][0].tolist() == [5, 6, 9]
-    assert labels["click"].tolist() == [0, 1, 1, 1] and labels["conversion"].tolist() == [0, 1, 1, 0]
+    assert labels["click"].tolist() == [0, 1, 1, 1]
+    assert labels["conversion"].tolist() == [0, 1, 1, 0]
     assert metadata.schema.multi_valued[0].vocab_size == 10  # max id 9 + 1
 
 

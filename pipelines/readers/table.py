@@ -76,7 +76,8 @@ class CsvColumns:
             try:
                 _PYTHON[kind](cell)
             except ValueError:
-                return f"column {name!r}: {cell[:40]!r} is not a{'n integer' if kind == INT else ' number'}"
+                expected = "an integer" if kind == INT else "a number"
+                return f"column {name!r}: {cell[:40]!r} is not {expected}"
         return None
 
 
