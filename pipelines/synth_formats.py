@@ -11,6 +11,11 @@ from typing import Dict, List
 import numpy as np
 
 from pwiser_tf.pipelines import fastcsv
+from pwiser_tf.pipelines.readers import aliexpress
+from pwiser_tf.pipelines.readers.aliexpress import (ITEM_CATEGORICAL as AE_ITEM_CATEGORICAL,
+                                                    ITEM_NUMERICAL as AE_ITEM_NUMERICAL,
+                                                    USER_CATEGORICAL as AE_USER_CATEGORICAL,
+                                                    USER_NUMERICAL as AE_USER_NUMERICAL)
 from pwiser_tf.pipelines.fastcsv import (csv_rows, float_cells, int_cells, masked, text_rows,
                                          unit_cells)
 
@@ -81,12 +86,7 @@ def _sparse(draw: np.ndarray) -> np.ndarray:
 
 # --- AliExpress -------------------------------------------------------------
 
-AE_USER_CATEGORICAL = (2, 3, 4, 5, 6, 7, 8, 32, 33)            # user_<i>
-AE_ITEM_CATEGORICAL = (19, 34, 35, 36, 40, 41, 42)              # item_<i>
-AE_USER_NUMERICAL = tuple(range(9, 32))                        # 23 columns
-AE_ITEM_NUMERICAL = tuple(i for i in range(2, 49) if i not in AE_ITEM_CATEGORICAL)  # 40
-AE_HEADER = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
-             + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion", "intent"])
+AE_HEADER = list(aliexpress.HEADER) + ["intent"]
 # vocabulary of the distractor ids, by column
 AE_USER_SIZES = {3: 3, 4: 8, 5: 60, 6: 4, 8: 20, 32: 12, 33: 30}
 AE_ITEM_SIZES = {36: 300, 40: 50, 41: 10, 42: 5}

@@ -249,3 +249,42 @@ def test_command_line(tmp_path, capsys):
     assert cli.main(["synth", "--dataset", "aliexpress", "--rows", "ten",
                      "--output", str(out)]) == 2
     assert "--rows" in capsys.readouterr().err
+
+
+def _read(format, paths):
+    from pwiser_tf.pipelines.readers import open_reader
+
+    reader = open_reader(format, [str(p) for p in paths])
+    return reader, list(reader)
+
+
+def test_every_format_parses_with_the_readers(aliexpress, ali_ccp):
+    ae, ae_manifest = aliexpress
+    ccp, ccp_manifest = ali_ccp
+    for split in ("train", "test"):
+        want = {k: ae_manifest["counts"][split][k] for k in ("rows", "clicks", "conversions")}
+        raw, raw_chunks = _read("aliexpress-raw", [f"{ae}/raw/nl_user_{split}.csv",
+                                                   f"{ae}/raw/nl_item_{split}.csv"])
+        csv_reader, csv_chunks = _read("aliexpress-csv", [f"{ae}/processed/{split}.csv"])
+        for reader in (raw, csv_reader):
+            assert {k: reader.counts.as_dict()[k] for k in want} == want
+            assert reader.counts.malformed == 0
+        for key in ("categorical", "numerical"):
+            np.testing.assert_array_equal(np.concatenate([getattr(c, key) for c in raw_chunks]),
+                                          np.concatenate([getattr(c, key) for c in csv_chunks]))
+        intent = np.concatenate([c.labels["intent"] for c in csv_chunks])
+        assert int(intent.sum()) == ae_manifest["counts"][split]["intent"]
+
+        want = {k: ccp_manifest["counts"][split][k] for k in ("rows", "clicks", "conversions")}
+        rechub = ["train"] if split == "train" else ["val", "test"]
+        for format, paths in [
+                ("ali-ccp-raw", [f"{ccp}/raw/sample_skeleton_{split}.csv",
+                                 f"{ccp}/raw/common_features_{split}.csv"]),
+                ("ali-ccp-csv", [f"{ccp}/processed/torch_rechub/ali_ccp_{name}.csv"
+                                 for name in rechub]),
+                ("aitm-csv", [f"{ccp}/processed/aitm/{split}.csv"]),
+                ("esmm-text", [f"{ccp}/processed/esmm/{split}.txt"])]:
+            reader, chunks = _read(format, paths)
+            assert {k: reader.counts.as_dict()[k] for k in want} == want, format
+            assert reader.counts.malformed == 0
+        assert reader.layout.multi_valued  # ESMM keeps the multi-valued fields
