@@ -52,6 +52,8 @@ def test_real_samples_counts_as_documented(fmt, path, rows, clicks, conversions,
     assert counts.conversions_without_click == counts.dropped == orphans
     assert counts.clicks == clicks and counts.conversions + orphans == conversions
     assert counts.malformed == 0
+    _read(reader)  # a second pass counts the same
+    assert reader.counts == counts
     kept = open_reader(fmt, [path], conversions_without_click="click")
     _read(kept)
     assert kept.counts.rows == rows and kept.counts.clicks == clicks + orphans

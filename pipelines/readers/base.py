@@ -126,6 +126,7 @@ class Reader:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Chunk]:
+        self.counts = Counts()  # each pass counts afresh
         for chunk in self._chunks():
             chunk = self._label_policy(chunk)
             if len(chunk):
