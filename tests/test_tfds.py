@@ -2,6 +2,7 @@
 as_dataset, values equal to what the readers give."""
 import os
 import shutil
+import tarfile
 import zipfile
 
 import numpy as np
@@ -11,7 +12,7 @@ import tensorflow_datasets as tfds
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.readers import open_reader
 from pwiser_tf.pipelines.synth import synthesize
-from pwiser_tf.pipelines.tfds_builders import Aliexpress
+from pwiser_tf.pipelines.tfds_builders import AliCcp, Aliexpress
 
 ROWS = 1500
 
@@ -90,3 +91,39 @@ def test_missing_files_explain_the_manual_download(tmp_path):
     (tmp_path / "other" / "nl_user_train.csv").write_text("1,2\n")
     with pytest.raises(InputError, match="cannot find nl_item_train.csv, nl_user_test.csv, nl_item_test.csv"):
         builder.download_and_prepare(download_config=_config(tmp_path / "other"))
+
+
+def test_ali_ccp_builder_keeps_multi_valued_fields_whole(tmp_path):
+    synthesize("ali-ccp", ROWS, str(tmp_path / "synth"), seed=2)
+    raw = tmp_path / "synth" / "raw"
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with tarfile.open(manual / "sample_train.tar.gz", "w:gz") as archive:  # train: archive
+        for name in ("sample_skeleton_train.csv", "common_features_train.csv"):
+            archive.add(raw / name, name)
+    for name in ("sample_skeleton_test.csv", "common_features_test.csv"):  # test: files
+        shutil.copy(raw / name, manual / name)
+    builder = AliCcp(data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare(download_config=_config(manual))
+    for split in ("train", "test"):
+        got = sorted(tfds.as_numpy(builder.as_dataset(split=split)),
+                     key=lambda r: int(r["row_id"]))
+        chunks = list(open_reader("ali-ccp-raw", [str(raw / f"sample_skeleton_{split}.csv"),
+                                                  str(raw / f"common_features_{split}.csv")]))
+        assert len(got) == sum(len(c) for c in chunks)
+        rows = iter(got)
+        for chunk in chunks:
+            ends = {name: np.cumsum(chunk.multi_valued[name].lengths)
+                    for name in chunk.multi_valued}
+            for i in range(len(chunk)):
+                row = next(rows)
+                assert row["row_id"] == chunk.row_id[i]
+                np.testing.assert_array_equal(row["categorical"], chunk.categorical[i])
+                np.testing.assert_array_equal(row["numerical"], chunk.numerical[i])
+                assert row["click"] == chunk.labels["click"][i]
+                for name, ragged in chunk.multi_valued.items():
+                    part = slice(ends[name][i] - ragged.lengths[i], ends[name][i])
+                    np.testing.assert_array_equal(row[f"mv_{name}"], ragged.values[part])
+                    np.testing.assert_array_equal(row[f"mv_{name}_values"],
+                                                  ragged.weights[part])
+        assert max(len(r["mv_150_14"]) for r in got) > 1
