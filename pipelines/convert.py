@@ -81,7 +81,7 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
     if not 0.0 <= validation_fraction < 1.0:
         raise InputError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     by_split = assign_splits(inputs)
-    if "train" not in by_split and "test" not in by_split and "validation" not in by_split:
+    if not by_split:
         raise InputError("no input files given")
     if validation_fraction > 0 and "validation" in by_split:
         raise InputError("a validation split is given as files and by validation_fraction; "
@@ -95,6 +95,11 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
         "compression": compression, "records_per_shard": records_per_shard,
         "options": {k: v for k, v in sorted(options.items()) if k != "block_bytes"},
         "inputs": {split: [_stat(p) for p in paths] for split, paths in by_split.items()}}
+    layouts = {split: open_reader(format, paths, **options).layout  # headers only
+               for split, paths in by_split.items()}
+    if len(set(layouts.values())) > 1:
+        raise InputError(f"the splits' files have different columns: "
+                         f"{ {s: l.labels for s, l in layouts.items()} }")
     os.makedirs(output_dir, exist_ok=True)
     done = _finished(output_dir, fingerprint, overwrite)
     if done is not None:
@@ -105,10 +110,7 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
         results[split] = _split_result(format, split, by_split[split], output_dir, fingerprint,
                                        options, validation_fraction, seed, compression,
                                        records_per_shard, progress)
-    layouts = {json.dumps(r["layout"]) for r in results.values()}
-    if len(layouts) > 1:
-        raise InputError(f"the splits' files have different columns: {sorted(layouts)}")
-    layout = _layout(next(iter(results.values()))["layout"])
+    layout = next(iter(layouts.values()))
     vocab: Dict[str, int] = {}
     for result in results.values():
         for name, top in result["max_ids"].items():
@@ -239,7 +241,7 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
         raise
     finally:
         bar.close()
-    result = {"fingerprint": _plain(fingerprint), "layout": _layout_dict(layout),
+    result = {"fingerprint": _plain(fingerprint),
               "max_ids": max_ids, "source_counts": reader.counts.as_dict(),
               "splits": {name: {"files": files[name], "counts": counts[name]}
                          for name in outputs}}
@@ -299,20 +301,6 @@ def _columns(layout, chunk) -> dict:
         if has_values:
             columns[f"mv_{name}_values"] = (field.weights, field.lengths)
     return columns
-
-
-def _layout_dict(layout) -> dict:
-    return {"dataset": layout.dataset, "categorical": list(layout.categorical),
-            "numerical": list(layout.numerical),
-            "multi_valued": [list(m) for m in layout.multi_valued],
-            "labels": list(layout.labels)}
-
-
-def _layout(data: dict):
-    from pwiser_tf.pipelines.readers import Layout
-
-    return Layout(data["dataset"], tuple(data["categorical"]), tuple(data["numerical"]),
-                  tuple((n, bool(v)) for n, v in data["multi_valued"]), tuple(data["labels"]))
 
 
 def _bar(progress: bool, total: int, split: str):

@@ -265,6 +265,14 @@ def test_split_names_and_overrides(tmp_path):
         infer_split("/d/data.csv")
     assert assign_splits(["test=/a/train.csv", "/a/train.csv"]) == {
         "test": ["/a/train.csv"], "train": ["/a/train.csv"]}
+    with open(AE_TEST) as f:
+        header, *rows = f.read().splitlines()
+    with_intent = tmp_path / "train.csv"
+    with_intent.write_text("\n".join([header + ",intent"] + [r + ",0" for r in rows]) + "\n")
+    with pytest.raises(InputError, match="different columns"):
+        convert("aliexpress-csv", [str(with_intent), AE_TEST], str(tmp_path / "o"),
+                progress=False)
+    assert not os.path.exists(tmp_path / "o")  # refused before writing anything
     with pytest.raises(InputError, match="choose one"):
         convert("aliexpress-csv", ["validation=" + AE_TEST, AE_TRAIN], str(tmp_path),
                 validation_fraction=0.1, progress=False)
