@@ -276,3 +276,21 @@ def test_intent_column_passes_through(tmp_path):
     _, _, labels, _, _ = _read(reader)
     assert reader.layout.labels == ("click", "conversion", "intent")
     assert labels["intent"].tolist() == [i % 2 for i in range(48)]
+
+
+@pytest.mark.parametrize("fmt,path,rows", [
+    ("ali-ccp-csv", f"{CCP}/torch_rechub/ali_ccp_val_sample.csv", 50),
+    ("aitm-csv", f"{CCP}/paddlerec_aitm/test/test.csv", 47),
+    ("esmm-text", f"{CCP}/paddlerec_esmm/test/small.txt", 10),
+])
+@pytest.mark.parametrize("bad", [b"\x00\xff\xfe\x80garbage,\x01\x02", b"3,1,0,210:x,205:1"])
+def test_garbage_line_in_every_processed_format(tmp_path, fmt, path, rows, bad):
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    lines.insert(3, bad)
+    broken = _write(str(tmp_path / os.path.basename(path)), b"\n".join(lines) + b"\n")
+    with pytest.raises(InputError, match=rf"{os.path.basename(path)}:4: malformed line"):
+        _read(open_reader(fmt, [broken]))
+    reader = open_reader(fmt, [broken], skip_malformed=True)
+    _read(reader)
+    assert reader.counts.malformed == 1 and reader.counts.rows == rows
