@@ -1,4 +1,4 @@
-"""Streaming readers of the public AliExpress and Ali-CCP file formats.
+r"""Streaming readers of the public AliExpress and Ali-CCP file formats.
 
 `open_reader(format, paths)` returns a `Reader` over the files of one split. A
 reader streams column chunks (`Chunk`) of numpy arrays and never holds a whole
@@ -37,13 +37,17 @@ and conversion 1 is counted in `conversions_without_click` and, by default,
 dropped as every public pipeline does; `conversions_without_click="click"` keeps
 it as a click and a conversion.
 
-Example:
+Example (an AITM file without a header; its second row converts without a click):
 
->>> from pwiser_tf.pipelines.readers import open_reader
->>> reader = open_reader("aitm-csv", [path])            # doctest: +SKIP
->>> for chunk in reader:                                 # doctest: +SKIP
-...     print(chunk.categorical.shape, chunk.labels["click"].sum())
->>> reader.counts.as_dict()                              # doctest: +SKIP
+>>> import os, tempfile
+>>> path = os.path.join(tempfile.mkdtemp(), "train.csv")
+>>> with open(path, "w") as f:
+...     _ = f.write("1,1," + ",".join(["3"] * 18) + "\n0,1," + ",".join(["4"] * 18) + "\n")
+>>> reader = open_reader("aitm-csv", [path])
+>>> [chunk.categorical.shape for chunk in reader], reader.layout.categorical[:2]
+([(1, 18)], ('101', '121'))
+>>> reader.counts.as_dict()["conversions_without_click"], reader.counts.rows
+(1, 1)
 """
 from typing import Sequence
 
