@@ -9,6 +9,12 @@ import tensorflow as tf
 
 from pwiser_tf.errors import InputError
 
+# The reference implementation's batch norm keeps 90% of its running statistics per
+# step (PyTorch momentum 0.1). Keras' default of 0.99 leaves the inference-time
+# statistics far from the data after the few hundred steps of an epoch on a small
+# dataset, and the predictions collapse.
+BATCH_NORM_MOMENTUM = 0.9
+
 
 def _units(units, what: str):
     units = tuple(int(u) for u in units)
@@ -37,7 +43,7 @@ class MLP(tf.keras.layers.Layer):
         for width in self.units:
             block = [tf.keras.layers.Dense(width)]
             if self.batch_norm:
-                block.append(tf.keras.layers.BatchNormalization())
+                block.append(tf.keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM))
             block.append(tf.keras.layers.ReLU())
             if self.dropout:
                 block.append(tf.keras.layers.Dropout(self.dropout))
@@ -115,7 +121,8 @@ class ExpertBank(tf.keras.layers.Layer):
         self.dropout = float(dropout)
         self.batch_norm = bool(batch_norm)
         self.first = tf.keras.layers.Dense(self.num_experts * self.units[0], name="dense_0")
-        self.norms = [tf.keras.layers.BatchNormalization(name=f"batch_norm_{i}")
+        self.norms = [tf.keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM,
+                                                     name=f"batch_norm_{i}")
                       if self.batch_norm else None for i in range(len(self.units))]
         self.drop = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
 
