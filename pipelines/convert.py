@@ -42,6 +42,8 @@ import numpy as np
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines import schema as schema_lib
 from pwiser_tf.pipelines.readers import open_reader, reader_class
+from pwiser_tf.pipelines.readers.idmap import FILE as ID_MAPS_FILE
+from pwiser_tf.pipelines.readers.idmap import IdMap
 from pwiser_tf.pipelines.records import ExampleEncoder, ShardWriter
 
 SPLITS = ("train", "validation", "test")
@@ -55,7 +57,7 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
             output_dir: str, *, validation_fraction: float = 0.0, seed: int = 0,
             compression: str = "", records_per_shard: int = 500_000,
             skip_malformed: bool = False, conversions_without_click: str = "drop",
-            overwrite: bool = False, progress: bool = True,
+            remap_ids: bool = False, overwrite: bool = False, progress: bool = True,
             **reader_options) -> schema_lib.Metadata:
     """Converts `inputs` of `format` into `output_dir`; returns its `Metadata`.
 
@@ -71,6 +73,9 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
       records_per_shard: at most this many records per shard file.
       skip_malformed, conversions_without_click, **reader_options: passed to the
         readers (`open_reader`).
+      remap_ids: renumber each field's ids 1..k (0 stays "absent") over all splits,
+        with one extra pass, and save the map as `id_maps.npz` (see
+        `readers/idmap.py`); for raw Ali-CCP, whose ids share one global space.
       overwrite: replace a finished conversion of other inputs in `output_dir`.
       progress: a tqdm bar of bytes read, on stderr.
     """
@@ -93,6 +98,7 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
     fingerprint = {
         "format": format, "validation_fraction": validation_fraction, "seed": seed,
         "compression": compression, "records_per_shard": records_per_shard,
+        "remap_ids": remap_ids,
         "options": {k: v for k, v in sorted(options.items()) if k != "block_bytes"},
         "inputs": {split: [_stat(p) for p in paths] for split, paths in by_split.items()}}
     layouts = {split: open_reader(format, paths, **options).layout  # headers only
@@ -105,12 +111,14 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
     if done is not None:
         return done
 
+    layout = next(iter(layouts.values()))
+    id_map = _id_map(format, by_split, options, output_dir, fingerprint, layout,
+                     progress) if remap_ids else None
     results = {}
     for split in (s for s in SPLITS if s in by_split):
         results[split] = _split_result(format, split, by_split[split], output_dir, fingerprint,
                                        options, validation_fraction, seed, compression,
-                                       records_per_shard, progress)
-    layout = next(iter(layouts.values()))
+                                       records_per_shard, progress, id_map)
     vocab: Dict[str, int] = {}
     for result in results.values():
         for name, top in result["max_ids"].items():
@@ -123,10 +131,11 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
         schema=layout.schema({n: vocab.get(n, 1) for n in _vocab_fields(layout)}),
         splits=splits, source_format=format, compression=compression,
         extra={"fingerprint": fingerprint,
-               "source_counts": {s: r["source_counts"] for s, r in results.items()}})
+               "source_counts": {s: r["source_counts"] for s, r in results.items()},
+               **({"id_maps": ID_MAPS_FILE} if remap_ids else {})})
     metadata.save(output_dir)
-    for split in results:  # the metadata now says it all
-        os.remove(os.path.join(output_dir, _MARKER.format(split)))
+    for marker in glob.glob(os.path.join(output_dir, _MARKER.format("*"))):
+        os.remove(marker)  # the metadata now says it all
     return metadata
 
 
@@ -184,8 +193,9 @@ def _finished(output_dir, fingerprint, overwrite):
         raise InputError(f"{output_dir}: holds a finished conversion of other inputs or "
                          f"options; choose another output directory or overwrite it")
     os.remove(path)
-    for marker in glob.glob(os.path.join(output_dir, _MARKER.format("*"))):
-        os.remove(marker)
+    for stale in glob.glob(os.path.join(output_dir, _MARKER.format("*"))) + glob.glob(
+            os.path.join(output_dir, ID_MAPS_FILE)):
+        os.remove(stale)
     return None
 
 
@@ -193,12 +203,38 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
+def _id_map(format, by_split, options, output_dir, fingerprint, layout, progress) -> IdMap:
+    """The id map of all splits: reused from an interrupted run, or collected and saved."""
+    marker = os.path.join(output_dir, _MARKER.format("id_maps"))
+    if _read_marker(marker, fingerprint) is not None and \
+            os.path.exists(os.path.join(output_dir, ID_MAPS_FILE)):
+        return IdMap.load(output_dir)
+    id_map = IdMap.collect(layout, (_with_bar(open_reader(format, paths, **options), progress,
+                                              f"ids of {split}")
+                                    for split, paths in by_split.items()))
+    id_map.save(output_dir)
+    _write_marker(marker, {"fingerprint": _plain(fingerprint)})
+    return id_map
+
+
+def _with_bar(reader, progress: bool, label: str):
+    bar = _bar(progress, reader.size, label)
+    try:
+        for chunk in reader:
+            bar.update(reader.position - bar.n)
+            yield chunk
+    finally:
+        bar.close()
+
+
 def _split_result(format, split, paths, output_dir, fingerprint, options, fraction, seed,
-                  compression, records_per_shard, progress) -> dict:
+                  compression, records_per_shard, progress, id_map) -> dict:
     """Converts one input split (train also writes validation), or reuses its marker."""
     marker = os.path.join(output_dir, _MARKER.format(split))
     # a split depends on its own inputs and the options, not on the other splits' files
-    fingerprint = dict(fingerprint, inputs=fingerprint["inputs"][split])
+    # (unless ids are renumbered over all splits)
+    if not fingerprint["remap_ids"]:
+        fingerprint = dict(fingerprint, inputs=fingerprint["inputs"][split])
     if os.path.exists(marker):
         reused = _reusable(marker, fingerprint, output_dir)
         if reused is not None:
@@ -220,6 +256,8 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
     try:
         for chunk in reader:
             bar.update(reader.position - bar.n)
+            if id_map is not None:
+                chunk = id_map.apply(layout, chunk)
             _track_ids(layout, chunk, max_ids)
             routes = {split: None}
             if len(outputs) > 1:
@@ -245,24 +283,35 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
               "max_ids": max_ids, "source_counts": reader.counts.as_dict(),
               "splits": {name: {"files": files[name], "counts": counts[name]}
                          for name in outputs}}
-    tmp = marker + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    os.replace(tmp, marker)
+    _write_marker(marker, result)
     return result
 
 
-def _reusable(marker: str, fingerprint: dict, output_dir: str):
-    """The marker's result if it matches and its shards exist; None for anything else
-    (including a marker that a killed run left unreadable)."""
+def _write_marker(marker: str, result: dict) -> None:
+    with open(marker + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(marker + ".tmp", marker)
+
+
+def _read_marker(marker: str, fingerprint: dict):
+    """The marker's content if it records this fingerprint; None otherwise (or if a
+    killed run left it unreadable)."""
     try:
         with open(marker, encoding="utf-8") as f:
             result = json.load(f)
-        files = [n for s in result["splits"].values() for n in s["files"]]
-        matches = result["fingerprint"] == _plain(fingerprint)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return result if result["fingerprint"] == _plain(fingerprint) else None
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if matches and all(os.path.exists(os.path.join(output_dir, n)) for n in files):
+
+
+def _reusable(marker: str, fingerprint: dict, output_dir: str):
+    """The marker's result if it matches and its shards exist, else None."""
+    result = _read_marker(marker, fingerprint)
+    try:
+        files = [n for s in result["splits"].values() for n in s["files"]]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if all(os.path.exists(os.path.join(output_dir, n)) for n in files):
         return result
     return None
 

@@ -145,6 +145,27 @@ def test_ali_ccp_raw_round_trip_with_values(tmp_path):
     assert metadata.schema.multi_valued[0].vocab_size == 10  # max id 9 + 1
 
 
+def test_remapped_ids_are_compact_and_map_back(tmp_path):
+    from test_readers import _ccp_files
+    from pwiser_tf.pipelines.readers.idmap import IdMap
+
+    sk, cf = _ccp_files(tmp_path)
+    out = str(tmp_path / "remap")
+    metadata = convert("ali-ccp-raw", [sk, cf], out, remap_ids=True, progress=False)
+    assert metadata.extra["id_maps"] == "id_maps.npz"
+    schema = metadata.schema
+    sizes = {f.name: f.vocab_size for f in schema.categorical + schema.multi_valued}
+    assert sizes["101"] == 3 and sizes["205"] == 3 and sizes["210"] == 4  # 0 + distinct ids
+    features, _ = _batches(out, "train")
+    tables = IdMap.load(out).tables
+    col = [f.name for f in metadata.schema.categorical]
+    assert tables["101"][features["categorical"][:, col.index("101")]].tolist() == [7, 7, 8]
+    assert tables["205"][features["categorical"][:, col.index("205")]].tolist() == [100, 101, 0]
+    assert features["mv_210"][0].tolist() == [1, 2, 3]
+    assert sorted(os.listdir(out)) == ["id_maps.npz", METADATA_FILE,
+                                       "train-00000-of-00001.tfrecord"]
+
+
 def test_validation_split_is_a_deterministic_hash_of_the_row_id(tmp_path):
     ids = np.arange(200_000, dtype=np.int64)
     held = validation_mask(ids, 0.1, seed=3)

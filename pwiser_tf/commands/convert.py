@@ -38,6 +38,10 @@ def add_arguments(parser):
     parser.add_argument("--index-dir", default="",
                         help="raw formats: where to build the on-disk join index if the two "
                              "files are not in the same key order (default: a temp dir)")
+    parser.add_argument("--remap-ids", action="store_true",
+                        help="renumber each field's ids 1..k over all splits (one extra pass) "
+                             "and save the map as DIR/id_maps.npz; for ali-ccp-raw, whose ids "
+                             "share one global space")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a finished conversion of other inputs in DIR")
     parser.add_argument("--no-progress", action="store_true")
@@ -57,7 +61,8 @@ def run(args):
                        records_per_shard=args.records_per_shard,
                        skip_malformed=args.skip_malformed,
                        conversions_without_click=args.conversions_without_click,
-                       overwrite=args.overwrite, progress=not args.no_progress, **options)
+                       remap_ids=args.remap_ids, overwrite=args.overwrite,
+                       progress=not args.no_progress, **options)
     print(json.dumps({"output": args.output,
                       "splits": {name: split.counts for name, split in metadata.splits.items()},
                       "source_counts": metadata.extra["source_counts"]}, indent=2))
