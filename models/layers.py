@@ -198,26 +198,32 @@ class TransferAttention(tf.keras.layers.Layer):
 
     The previous task's representation passes through a transfer layer `p`; it
     and the current task's `q` are mixed by self-attention:
-    `z = sum_u w_u h1(u)`, `w_u = softmax_u(<h2(u), h3(u)> / sqrt(d))`.
+    `z = sum_u w_u h1(u)`, `w_u = softmax_u(<h2(u), h3(u)> / sqrt(units))`.
+    Called on `(previous, current)`, both `[B, units]`.
 
     Example:
 
-    >>> attention = TransferAttention()
-    >>> attention(tf.ones([2, 4]), tf.zeros([2, 4])).shape
+    >>> attention = TransferAttention(4)
+    >>> attention((tf.ones([2, 4]), tf.zeros([2, 4]))).shape
     TensorShape([2, 4])
     """
 
-    def build(self, input_shape):
-        dim = int(input_shape[-1])
-        self.transfer = tf.keras.layers.Dense(dim, name="transfer")
-        self.h1 = tf.keras.layers.Dense(dim, name="value")
-        self.h2 = tf.keras.layers.Dense(dim, name="key")
-        self.h3 = tf.keras.layers.Dense(dim, name="query")
-        self.scale = dim ** -0.5
-        super().build(input_shape)
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.transfer = tf.keras.layers.Dense(self.units, name="transfer")
+        self.h1 = tf.keras.layers.Dense(self.units, name="value")
+        self.h2 = tf.keras.layers.Dense(self.units, name="key")
+        self.h3 = tf.keras.layers.Dense(self.units, name="query")
 
-    def call(self, previous, current):
+    def call(self, inputs):
+        previous, current = inputs
         u = tf.stack([self.transfer(previous), current], axis=1)          # [B, 2, d]
-        scores = tf.reduce_sum(self.h2(u) * self.h3(u), axis=-1) * self.scale
+        scores = tf.reduce_sum(self.h2(u) * self.h3(u), axis=-1) * self.units ** -0.5
         weights = tf.nn.softmax(scores, axis=1)                            # [B, 2]
         return tf.einsum("bu,bud->bd", weights, self.h1(u))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units)
+        return config

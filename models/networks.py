@@ -148,17 +148,19 @@ class PLE(CtrCvrModel):
         num_all = num_shared_experts + 2 * num_specific_experts
         for level, width in enumerate(level_units):
             last = level == len(level_units) - 1
-            bank = lambda n, who: ExpertBank(  # noqa: E731
-                n, (width,), self.dropout, self.batch_norm, name=f"level{level}_{who}")
             self.levels.append({
-                "shared": bank(num_shared_experts, "shared"),
-                "specific": [bank(num_specific_experts, f"task{t}") for t in range(2)],
+                "shared": self._bank(num_shared_experts, width, f"level{level}_shared"),
+                "specific": [self._bank(num_specific_experts, width, f"level{level}_task{t}")
+                             for t in range(2)],
                 "task_gates": [Gate(num_shared_experts + num_specific_experts,
                                     name=f"level{level}_gate{t}") for t in range(2)],
                 "shared_gate": None if last else Gate(num_all, name=f"level{level}_gate_s"),
             })
         self.ctr_tower = self.make_tower("ctr_tower")
         self.ctcvr_tower = self.make_tower("ctcvr_tower")
+
+    def _bank(self, num_experts, width, name):
+        return ExpertBank(num_experts, (width,), self.dropout, self.batch_norm, name=name)
 
     def extract(self, features, training=None):
         """The last level's task outputs, and every gate's weights."""
@@ -211,14 +213,14 @@ class AITM(CtrCvrModel):
         self.ctr_bottom = MLP(bottom_units, self.dropout, self.batch_norm, name="ctr_bottom")
         self.ctcvr_bottom = MLP(bottom_units, self.dropout, self.batch_norm,
                                 name="ctcvr_bottom")
-        self.attention = TransferAttention(name="transfer_attention")
+        self.attention = TransferAttention(bottom_units[-1], name="transfer_attention")
         self.ctr_tower = self.make_tower("ctr_tower")
         self.ctcvr_tower = self.make_tower("ctcvr_tower")
 
     def forward(self, features, training=None):
         x = self.embedding(features)
         ctr = self.ctr_bottom(x, training=training)
-        ctcvr = self.attention(ctr, self.ctcvr_bottom(x, training=training))
+        ctcvr = self.attention((ctr, self.ctcvr_bottom(x, training=training)))
         out = predictions(tf.sigmoid(self.ctr_tower(ctr, training=training)),
                           pctcvr=tf.sigmoid(self.ctcvr_tower(ctcvr, training=training)))
         extras = {}

@@ -69,9 +69,10 @@ def trained(request, data_dir, test_rows):
 
 def test_beats_a_constant_predictor_on_held_out_rows(trained):
     _, _, _, _, predicted, labels = trained
-    assert metrics.auc(labels["click"], predicted["ctr"]) > 0.7
-    assert metrics.auc(labels["conversion"], predicted["ctcvr"]) > 0.7
-    assert metrics.auc(labels["conversion"], predicted["cvr"], mask=labels["click"]) > 0.6
+    # Trained models reach about 0.72-0.85 (CTR), 0.80-0.90 (CTCVR), 0.65-0.87 (CVR).
+    assert metrics.auc(labels["click"], predicted["ctr"]) > 0.65
+    assert metrics.auc(labels["conversion"], predicted["ctcvr"]) > 0.65
+    assert metrics.auc(labels["conversion"], predicted["cvr"], mask=labels["click"]) > 0.58
 
 
 def test_outputs_are_probabilities_of_shape_b(trained):
@@ -180,6 +181,7 @@ def test_out_of_vocabulary_and_padding_ids_embed_safely():
 def test_layers_round_trip_through_get_config():
     layers = [models.FeatureEmbedding(toy_schema(), 4), models.MLP((8, 4), 0.1),
               models.Tower((8,)), models.ExpertBank(2, (8, 4)), models.Gate(3),
+              models.TransferAttention(4),
               models.CtrCvrTask(pwiser_weight=0.5, extra_weights={"calibrator": 0.3})]
     for layer in layers:
         clone = type(layer).from_config(layer.get_config())
