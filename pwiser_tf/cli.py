@@ -7,7 +7,13 @@ subcommand runs, so `pwiser-tf --help` stays fast. Errors about the user's input
 """
 import argparse
 import importlib
+import os
 import sys
+
+# The models run on tf-keras (TFRS is a Keras 2 library); the flavour is fixed when
+# TensorFlow first loads Keras, so it is chosen here, before anything imports it.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 COMMANDS = {
     "synth": "write a synthetic dataset in the raw and processed public formats",

@@ -41,6 +41,7 @@ def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = Tru
     if "synth" not in spec:
         raise InputError(f"dataset {name!r}: needs 'data: DIR' or 'synth: {{...}}'")
     from pwiser_tf.pipelines import convert, synthesize
+    from pwiser_tf.pipelines.convert import assign_splits
 
     synth = dict(spec["synth"])
     root = os.path.join(output_dir, "data", name)
@@ -49,9 +50,12 @@ def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = Tru
         raw = os.path.join(root, "files")
         kind = synth.pop("dataset", "aliexpress")
         written = synthesize(kind, int(synth.pop("rows", 200_000)), raw, **synth)
-        convert(written["convert_format"], written["convert_inputs"], converted,
-                validation_fraction=float(spec.get("validation_fraction", 0.1)),
-                progress=progress)
+        inputs = written["convert_inputs"]
+        # Carve a validation split from train unless the format ships one.
+        fraction = 0.0 if "validation" in assign_splits(inputs) else \
+            float(spec.get("validation_fraction", 0.1))
+        convert(written["convert_format"], inputs, converted,
+                validation_fraction=fraction, progress=progress)
     return {"data": converted, "eval_data": None}
 
 

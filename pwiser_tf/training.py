@@ -150,6 +150,7 @@ def train_run(data_dir: str, output_dir: str, model_name: str, loss: str, seed: 
     val_ds = make_dataset(data_dir, batch_size, split="validation", shuffle=False)
 
     model = build_compiled(model_name, metadata.schema, run_config["model_config"], train_cfg)
+    model(next(iter(val_ds))[0])  # build the variables, so a backup can be restored
     progress_cb = EpochProgress(epochs, batch_size, f"{model_name}/{loss}/seed{seed}",
                                 enabled=progress)
     callbacks = [

@@ -35,7 +35,7 @@ def assert_one_line_error(proc, *needles):
 def converted(tmp_path_factory):
     """Synthetic AliExpress data, generated and converted by the CLI."""
     root = tmp_path_factory.mktemp("cli")
-    cli("synth", "--dataset", "aliexpress", "--rows", 6000, "--seed", 1,
+    cli("synth", "--dataset", "aliexpress", "--rows", 20000, "--seed", 1,
         "--output", root / "synth")
     cli("convert", "--format", "aliexpress-csv",
         "--input", root / "synth" / "processed" / "train.csv",
