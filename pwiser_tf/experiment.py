@@ -40,8 +40,8 @@ def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = Tru
         return {"data": data, "eval_data": spec.get("eval_data")}
     if "synth" not in spec:
         raise InputError(f"dataset {name!r}: needs 'data: DIR' or 'synth: {{...}}'")
-    from pwiser_tf.pipelines import convert, synthesize
-    from pwiser_tf.pipelines.convert import assign_splits
+    from pwiser_tf.pipelines import synthesize
+    from pwiser_tf.pipelines.convert import assign_splits, convert
 
     synth = dict(spec["synth"])
     root = os.path.join(output_dir, "data", name)
