@@ -78,9 +78,10 @@ def test_evaluate_writes_predictions_in_input_order(trained, converted, tmp_path
     assert rows[0] == ["pctr", "pcvr", "pctcvr"]
     meta = json.loads((converted / "data" / "metadata.json").read_text())
     assert len(rows) - 1 == meta["splits"]["test"]["counts"]["rows"] == result["examples"]
-    for pctr, pcvr, pctcvr in rows[1:50]:
-        assert float(pctcvr) <= float(pctr) + 1e-6
-        assert 0.0 <= float(pcvr) <= 1.0
+    for pctr, pcvr, pctcvr in (map(float, row) for row in rows[1:200]):
+        assert 0.0 <= min(pctr, pcvr, pctcvr) and max(pctr, pcvr, pctcvr) <= 1.0
+        # MMoE has CTR and CTCVR heads; its pCVR is their ratio, clipped to 1.
+        assert pcvr == pytest.approx(min(1.0, pctcvr / pctr), rel=1e-4, abs=1e-6)
 
 
 def test_same_seed_same_result(trained, converted, tmp_path):
