@@ -8,6 +8,15 @@ import sys
 from pwiser_tf import config as config_lib
 
 
+def add_grid_arguments(parser, default: str) -> None:
+    """Arguments of the commands that run a grid of training runs."""
+    parser.add_argument("--seeds", type=csv_list(int), help="e.g. 0,1,2")
+    parser.add_argument("--epochs", type=int, help="maximum epochs of each run")
+    parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    add_config_arguments(parser, default)
+
+
 def add_config_arguments(parser, default: str) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help=f"YAML or JSON configuration (default: the packaged "

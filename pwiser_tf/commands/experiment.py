@@ -1,7 +1,7 @@
 """`pwiser-tf experiment`: the models x losses x datasets x seeds comparison."""
 import os
 
-from pwiser_tf.commands import (add_config_arguments, csv_list, progress_enabled,
+from pwiser_tf.commands import (add_grid_arguments, csv_list, progress_enabled,
                                 resolve_config, set_synthetic_rows)
 
 
@@ -12,11 +12,7 @@ def add_arguments(parser):
                              "built in: generated synthetic data)")
     parser.add_argument("--models", type=csv_list(str), help="e.g. mmoe,ple,esmm")
     parser.add_argument("--losses", type=csv_list(str), help="bce,pwiser")
-    parser.add_argument("--seeds", type=csv_list(int), help="e.g. 0,1,2")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    add_config_arguments(parser, "default")
+    add_grid_arguments(parser, "default")
 
 
 def run(args):

@@ -1,5 +1,5 @@
 """`pwiser-tf sweep`: the PWiseR weight and margins on one dataset."""
-from pwiser_tf.commands import (add_config_arguments, csv_list, progress_enabled,
+from pwiser_tf.commands import (add_grid_arguments, csv_list, progress_enabled,
                                 resolve_config, set_synthetic_rows)
 
 
@@ -10,11 +10,7 @@ def add_arguments(parser):
     parser.add_argument("--weights", type=csv_list(float), help="pwiser_weight values")
     parser.add_argument("--margins", type=csv_list(float),
                         help="margin values (margin_click = margin_nonclick)")
-    parser.add_argument("--seeds", type=csv_list(int))
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    add_config_arguments(parser, "sweep")
+    add_grid_arguments(parser, "sweep")
 
 
 def run(args):
