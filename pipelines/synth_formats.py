@@ -10,7 +10,6 @@ from typing import Dict, List
 
 import numpy as np
 
-from pwiser_tf.pipelines import fastcsv
 from pwiser_tf.pipelines.readers import aliexpress
 from pwiser_tf.pipelines.readers.aliexpress import (ITEM_CATEGORICAL as AE_ITEM_CATEGORICAL,
                                                     ITEM_NUMERICAL as AE_ITEM_NUMERICAL,
@@ -392,4 +391,4 @@ class AliCcpWriter(Writer):
              b",", int_cells(batch["conversion"])] + cells))
 
 
-__all__ = ["writer", "AliExpressWriter", "AliCcpWriter", "fastcsv"]
+__all__ = ["writer", "Writer", "AliExpressWriter", "AliCcpWriter"]
