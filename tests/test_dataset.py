@@ -249,3 +249,41 @@ def test_missing_shard_and_bad_arguments(plain, tmp_path):
         make_dataset(plain, 0)
     with pytest.raises(InputError, match="no file matches"):
         make_dataset(str(tmp_path / "nothing-*.tfrecord"), 16)
+
+
+# --- directories written by the converter -------------------------------------
+
+@pytest.fixture(scope="module")
+def converted_ccp(tmp_path_factory):
+    from pwiser_tf.pipelines.convert import convert
+    from pwiser_tf.pipelines.synth import synthesize
+
+    root = tmp_path_factory.mktemp("ccp")
+    synthesize("ali-ccp", 1200, str(root / "synth"), seed=4)
+    raw = root / "synth" / "raw"
+    inputs = {split: [str(raw / f"sample_skeleton_{split}.csv"),
+                      str(raw / f"common_features_{split}.csv")] for split in ("train", "test")}
+    convert("ali-ccp-raw", inputs, str(root / "data"), compression="GZIP",
+            records_per_shard=250, progress=False)
+    return root, inputs
+
+
+def test_converted_raw_ali_ccp_streams_the_readers_values(converted_ccp):
+    from pwiser_tf.pipelines.readers import open_reader
+
+    root, inputs = converted_ccp
+    metadata = Metadata.load(str(root / "data"))
+    assert metadata.compression == "GZIP" and len(metadata.splits["test"].files) > 1
+    chunks = list(open_reader("ali-ccp-raw", inputs["test"]))
+    features, labels = _collect(make_dataset(str(root / "data"), 64, split="test"))
+    np.testing.assert_array_equal(np.concatenate(features["categorical"]),
+                                  np.concatenate([c.categorical for c in chunks]))
+    np.testing.assert_array_equal(np.concatenate(labels["click"]),
+                                  np.concatenate([c.labels["click"] for c in chunks]))
+    for field in metadata.schema.multi_valued:
+        want = [list(v) for c in chunks for v in np.split(
+            c.multi_valued[field.name].values, np.cumsum(c.multi_valued[field.name].lengths)[:-1])]
+        got = [list(row[row >= 0]) for batch in features[field.key] for row in batch]
+        assert got == want, field.name
+        for batch, values in zip(features[field.key], features[field.values_key]):
+            assert np.all(values[batch < 0] == 0.0)  # values padded with 0 where ids are -1
