@@ -13,7 +13,7 @@ The latent model (one exposure = one item shown to a user in a result list):
 - Relevance `r = A[segment, category] + quality_weight * q + propensity_weight * rho`,
   with the taste matrix `A ~ N(0, affinity_scale^2)`.
 - Purchase intent: `intent ~ Bernoulli(sigmoid(intent_bias + r - intent_position_weight * pos))`,
-  `pos` in [0, 1] being the rank in the result list. An exposure with intent is
+  `pos = rank / (max_items_per_search - 1)` the place in the result list. An exposure with intent is
   always clicked (an intentional click).
 - Noise clicks (accidents, curiosity, clickbait), independent of intent:
   `noise ~ Bernoulli(sigmoid(noise_bias + bait_weight * bait + attraction_weight * a
@@ -25,9 +25,9 @@ The latent model (one exposure = one item shown to a user in a result list):
 - The clean label `intent` says whether the exposure had purchase intent.
 
 With the defaults, about 1.4% of exposures carry intent and about 2% get a noise
-click (CTR about 3.6%, about 60% of the clicks are noise), and about 0.45% convert
-(a third of the intentional clicks) (`RATE_RANGES` holds the ranges the tests enforce). The features reveal
-the latents with noise: the segment and category ids (their cross is the taste
+click (CTR about 3.6%, about 60% of the clicks are noise), and about 0.45% convert,
+a third of the intentional clicks; `RATE_RANGES` holds the ranges the tests
+enforce. The features reveal the latents with noise: the segment and category ids (their cross is the taste
 matrix) and a noisy user-category match score (as an upstream ranker would
 give), a brand id and a noisy quality score, a user level and a noisy
 propensity score, the title style and attractiveness (clickbait), the price and
@@ -37,9 +37,12 @@ intent.
 
 Example:
 
->>> written = synthesize("aliexpress", 2000, "/tmp/synth_ae", seed=0)  # doctest: +SKIP
+>>> import tempfile
+>>> written = synthesize("aliexpress", 2000, tempfile.mkdtemp(), seed=0)
 >>> written["convert_format"], [os.path.basename(p) for p in written["convert_inputs"]]
-('aliexpress-csv', ['train.csv', 'test.csv'])                      # doctest: +SKIP
+('aliexpress-csv', ['train.csv', 'test.csv'])
+>>> written["counts"]["train"]["rows"] + written["counts"]["test"]["rows"]
+2000
 """
 import dataclasses
 import json
