@@ -137,6 +137,8 @@ def _squeeze(matrix: np.ndarray) -> bytes:
 
 def _matrix(parts: Sequence[Part]) -> np.ndarray:
     rows = next(p.shape[0] for p in parts if isinstance(p, np.ndarray))
+    if not rows:
+        return np.zeros([0, 1 + sum(len(p) for p in parts if isinstance(p, bytes))], np.uint8)
     return np.concatenate([_literal(p, rows) if isinstance(p, bytes) else p.reshape(rows, -1)
                            for p in parts], axis=1)
 

@@ -63,6 +63,7 @@ def test_fastcsv_matches_python_formatting():
     present = np.array([[True, False], [True, True]])
     assert fastcsv.text_rows([b"#", fastcsv.masked(grid, present)]) == b"#1\n#3334\n"
     assert fastcsv.csv_rows([grid, b"x"], sep=b";") == b"1;22;x\n333;4;x\n"
+    assert fastcsv.csv_rows([grid[:0], b"x"]) == b""  # no rows, no text
 
 
 # --- latent model -----------------------------------------------------------
@@ -226,6 +227,14 @@ def test_a_failed_run_leaves_no_complete_looking_file(tmp_path):
         synthesize("ali-ccp", 5000, str(out), seed=0)
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert left == ["processed/esmm"]
+
+
+@pytest.mark.parametrize("dataset", ["aliexpress", "ali-ccp"])
+def test_tiny_outputs_keep_every_file(tmp_path, dataset):
+    # 3 rows: some files get no row (the Ali-CCP val/test halves), yet all exist
+    manifest = synthesize(dataset, 3, str(tmp_path), seed=1)
+    assert sum(split["rows"] for split in manifest["counts"].values()) == 3
+    assert all(os.path.isfile(path) for path in manifest["files"].values())
 
 
 def test_bad_arguments():
