@@ -171,22 +171,27 @@ def read_records(files: Sequence[str], compression: str, *, shuffle: bool,
     pipelines = input_context.num_input_pipelines if input_context else 1
     index = input_context.input_pipeline_id if input_context else 0
     by_file = pipelines > 1 and len(files) >= pipelines
+    by_record = pipelines > 1 and not by_file
     if by_file:  # whole shards per pipeline: no pipeline reads another's bytes
         files = list(files)[index::pipelines]
+    if by_record:  # every pipeline must see the same record order before `shard`
+        deterministic = True
+
     def read(name):
         return tf.data.TFRecordDataset(name, compression_type=compression,
                                        buffer_size=READ_BUFFER_BYTES)
 
     names = tf.data.Dataset.from_tensor_slices(list(files))
     if shuffle:
-        names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        if not by_record:  # (the records are shuffled after sharding anyway)
+            names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         records = names.interleave(read, cycle_length=max(1, min(cycle_length, len(files))),
                                    block_length=INTERLEAVE_BLOCK,
                                    num_parallel_calls=parallel_reads,
                                    deterministic=deterministic if parallel_reads else None)
     else:  # input order: one shard after another, read ahead
         records = names.flat_map(read).prefetch(READ_AHEAD_RECORDS)
-    if pipelines > 1 and not by_file:
+    if by_record:
         records = records.shard(pipelines, index)
     return records
 
