@@ -45,7 +45,9 @@ def test_run_fn_trains_evaluates_and_exports_a_serving_model(converted, tmp_path
     records = next(iter(tf.data.TFRecordDataset(shard, compression_type="GZIP").batch(32)))
     out = serve(examples=records)
     assert out["pctr"].shape == [32]
-    assert tf.reduce_all((out["pctcvr"] >= 0) & (out["pctcvr"] <= out["pctr"] + 1e-6))
+    for name in ("pctr", "pcvr", "pctcvr"):
+        assert out[name].shape == [32]
+        assert tf.reduce_all((out[name] >= 0) & (out[name] <= 1))
 
 
 def test_run_fn_requires_the_metadata(converted, tmp_path):
