@@ -40,9 +40,10 @@ import tensorflow as tf
 
 from pwiser_tf.errors import InputError
 
-# Defaults of the papers' open constants (chosen by `pwiser-tf sweep`; see README).
-MARGIN_CLICK = 0.01
-MARGIN_NONCLICK = 0.01
+# Defaults of the papers' open constants, chosen by `pwiser-tf sweep` (docs/sweep.md):
+# the best intent AUC on the built-in synthetic data.
+MARGIN_CLICK = 0.1
+MARGIN_NONCLICK = 0.1
 PWISER_WEIGHT = 1.0
 
 NORMALIZATIONS = ("anchor", "pair")
