@@ -18,22 +18,13 @@ import shutil
 
 import tensorflow as tf
 
+from pwiser_tf.pipelines.dataset import Parser
 from pwiser_tf.pipelines.schema import Schema
-
-MV_PAD_ID = -1        # as make_dataset pads multi-valued ids
-MV_PAD_VALUE = 0.0
 
 
 def parse_serving_features(examples, schema: Schema):
-    """Model features from serialized examples: dense, padded like `make_dataset`."""
-    parsed = tf.io.parse_example(examples, schema.feature_spec(with_labels=False))
-    features = {}
-    for key, value in parsed.items():
-        if isinstance(value, tf.RaggedTensor):
-            pad = MV_PAD_VALUE if value.dtype.is_floating else MV_PAD_ID
-            value = value.to_tensor(default_value=tf.cast(pad, value.dtype))
-        features[key] = value
-    return features
+    """Model features from serialized examples: parsed and padded like `make_dataset`."""
+    return Parser(schema, with_labels=False)(examples)[0]
 
 
 class _Serving(tf.Module):

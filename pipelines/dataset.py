@@ -200,18 +200,22 @@ class Parser:
     """Parses a batch of serialized examples into `(features, labels)`.
 
     Multi-valued fields become dense `[B, L]` tensors padded with `MV_PAD_ID`
-    (ids) and `MV_PAD_VALUE` (values); labels become float32 `[B]`.
+    (ids) and `MV_PAD_VALUE` (values); labels become float32 `[B]`. With
+    `with_labels=False` (serving) the records need no labels and `labels` is empty.
     """
 
-    def __init__(self, schema: Schema, multi_valued_length: Optional[int] = None):
+    def __init__(self, schema: Schema, multi_valued_length: Optional[int] = None,
+                 with_labels: bool = True):
         self.schema = schema
         self.multi_valued_length = multi_valued_length
-        self.spec = schema.feature_spec()
+        self.with_labels = with_labels
+        self.spec = schema.feature_spec(with_labels=with_labels)
 
     def __call__(self, serialized: tf.Tensor) -> Tuple[Dict[str, tf.Tensor],
                                                        Dict[str, tf.Tensor]]:
         parsed = tf.io.parse_example(serialized, self.spec)
-        labels = {name: tf.cast(parsed.pop(name), tf.float32) for name in self.schema.labels}
+        labels = {name: tf.cast(parsed.pop(name), tf.float32)
+                  for name in (self.schema.labels if self.with_labels else ())}
         batch = serialized.shape[0]
         for field in self.schema.multi_valued:
             parsed[field.key] = self._dense(parsed[field.key], MV_PAD_ID, batch)
