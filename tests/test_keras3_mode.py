@@ -4,6 +4,7 @@ The Keras flavour is fixed at import, and this session runs tf-keras, so the
 Keras 3 half of the suite needs a fresh interpreter.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -17,4 +18,6 @@ def test_keras3_suite_passes():
          os.path.join(HERE, "keras3")],
         env=env, capture_output=True, text=True, cwd=os.path.dirname(HERE))
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-4000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary \
+        and "error" not in summary, proc.stdout[-4000:]
