@@ -40,3 +40,24 @@ def test_bad_override_and_missing_file():
         config.override({}, "train.epochs")
     with pytest.raises(InputError, match="not found"):
         config.load("/nonexistent/config.yaml")
+
+
+def test_own_data_or_config_start_from_the_reference_settings(tmp_path):
+    import argparse
+
+    from pwiser_tf.commands import resolve_config
+
+    def args(**kw):
+        return argparse.Namespace(**{"config": None, "data": None, "set": [], **kw})
+
+    builtin = resolve_config(args(), "default", {})
+    assert builtin["datasets"]["synthetic"]["synth"]["dataset"] == "aliexpress"
+    assert builtin["model"]["embedding_dim"] == 8  # the small built-in networks
+    path = tmp_path / "paper.yaml"
+    path.write_text("models: [mmoe]\nmodel: {}\n")
+    for own in (args(config=str(path)), args(data=["d"])):
+        config = resolve_config(own, "default", {"train.epochs": 3})
+        assert config["model"] == {} and config["model_options"] == {}
+        assert config["train"]["learning_rate"] == 1e-3 and config["train"]["epochs"] == 3
+    sweep = resolve_config(args(data="d"), "sweep", {})
+    assert sweep["sweep"]["model"] == "mmoe" and sweep["model"] == {}

@@ -8,28 +8,39 @@ import sys
 from pwiser_tf import config as config_lib
 
 
-def add_grid_arguments(parser, default: str) -> None:
+def add_grid_arguments(parser) -> None:
     """Arguments of the commands that run a grid of training runs."""
     parser.add_argument("--seeds", type=csv_list(int), help="e.g. 0,1,2")
     parser.add_argument("--epochs", type=int, help="maximum epochs of each run")
     parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
     parser.add_argument("--output", required=True, metavar="DIR")
-    add_config_arguments(parser, default)
+    add_config_arguments(parser)
 
 
-def add_config_arguments(parser, default: str) -> None:
+def add_config_arguments(parser) -> None:
     parser.add_argument("--config", metavar="FILE",
-                        help=f"YAML or JSON configuration (default: the packaged "
-                             f"'{default}' configuration)")
+                        help="YAML or JSON configuration, merged over the reference "
+                             "settings (pwiser_tf/configs/base.yaml)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override one configuration entry, e.g. train.epochs=3 "
                              "(repeatable; the value is parsed as YAML)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def resolve_config(args, default: str, flags: dict) -> dict:
-    """Packaged default, then --config, then the dedicated flags, then --set."""
-    base = config_lib.packaged(default)
+def resolve_config(args, builtin: str, flags: dict) -> dict:
+    """The base configuration, then --config, then the dedicated flags, then --set.
+
+    The packaged `builtin` configuration (`default`, `sweep`) describes the
+    built-in runs on synthetic data. With your own data (`--data`) or a
+    configuration file, runs start from the reference settings (`base`); a sweep
+    keeps its grid.
+    """
+    if args.config or getattr(args, "data", None):
+        base = config_lib.packaged("base")
+        if builtin == "sweep":
+            base["sweep"] = config_lib.packaged("sweep")["sweep"]
+    else:
+        base = config_lib.packaged(builtin)
     config = config_lib.resolve(base, args.config)
     for key, value in flags.items():
         if value is not None:

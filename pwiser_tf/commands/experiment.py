@@ -12,7 +12,7 @@ def add_arguments(parser):
                              "built in: generated synthetic data)")
     parser.add_argument("--models", type=csv_list(str), help="e.g. mmoe,ple,esmm")
     parser.add_argument("--losses", type=csv_list(str), help="bce,pwiser")
-    add_grid_arguments(parser, "default")
+    add_grid_arguments(parser)
 
 
 def run(args):

@@ -5,12 +5,12 @@ from pwiser_tf.commands import (add_grid_arguments, csv_list, progress_enabled,
 
 def add_arguments(parser):
     parser.add_argument("--data", metavar="DIR",
-                        help="converted directory (default: the configuration's dataset)")
+                        help="converted directory (default: the built-in synthetic data, with the small networks of the packaged sweep configuration)")
     parser.add_argument("--model", help="model to sweep on (default mmoe)")
     parser.add_argument("--weights", type=csv_list(float), help="pwiser_weight values")
     parser.add_argument("--margins", type=csv_list(float),
                         help="margin values (margin_click = margin_nonclick)")
-    add_grid_arguments(parser, "sweep")
+    add_grid_arguments(parser)
 
 
 def run(args):

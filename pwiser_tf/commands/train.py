@@ -21,13 +21,13 @@ def add_arguments(parser):
     parser.add_argument("--margin-click", type=float)
     parser.add_argument("--margin-nonclick", type=float)
     parser.add_argument("--output", required=True, metavar="DIR")
-    add_config_arguments(parser, "default")
+    add_config_arguments(parser)
 
 
 def run(args):
     from pwiser_tf import training
 
-    config = resolve_config(args, "default", {
+    config = resolve_config(args, "base", {
         "train.epochs": args.epochs, "train.batch_size": args.batch_size,
         "train.learning_rate": args.learning_rate, "train.patience": args.patience,
         "pwiser.pwiser_weight": args.pwiser_weight, "pwiser.margin_click": args.margin_click,
