@@ -189,8 +189,26 @@ def train_run(data_dir: str, output_dir: str, model_name: str, loss: str, seed: 
         "best_val_ctcvr_auc": float(max(monitored)) if monitored else float("nan"),
         "eval_split": eval_split,
     })
+    if hasattr(model, "temperatures"):  # AdaFTR: where its per-instance temperatures sit
+        result["temperature_histogram"] = temperature_histogram(model, val_ds)
     _write_json(result, metrics_path)  # last: marks the run finished
     return result
+
+
+def temperature_histogram(model, dataset, bins: int = 10) -> dict:
+    """Histogram of AdaFTR's temperatures over a dataset, on its [tau_min, tau_max] range.
+
+    A temperature trained only through the contrastive term tends to drift to one
+    edge of its range; this shows whether it did.
+    """
+    import numpy as np
+
+    values = np.concatenate([np.reshape(model.temperatures(features).numpy(), [-1])
+                             for features, _ in dataset])
+    low, high = float(model.tau_min), float(model.tau_max)
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist(),
+            "mean": float(values.mean())}
 
 
 def _write_json(data, path: str) -> None:

@@ -161,3 +161,14 @@ def test_data_that_does_not_match_its_metadata(converted, trained, tmp_path):
     assert_one_line_error(
         cli("evaluate", "--model-dir", out, "--data", broken, check=False),
         "does not match")
+
+
+def test_adaftr_run_reports_its_temperature_histogram(converted, tmp_path):
+    proc = cli("train", "--data", converted / "data", "--model", "adaftr", "--loss", "bce",
+               "--epochs", 1, "--output", tmp_path / "adaftr", "--no-progress", *TINY,
+               "--set", "model_options={adaftr: {expert_units: [8], num_experts: 2}}")
+    histogram = json.loads(proc.stdout)["temperature_histogram"]
+    meta = json.loads((converted / "data" / "metadata.json").read_text())
+    assert sum(histogram["counts"]) == meta["splits"]["validation"]["counts"]["rows"]
+    assert histogram["edges"][0] == 0.05 and histogram["edges"][-1] == 1.0
+    assert 0.05 <= histogram["mean"] <= 1.0
