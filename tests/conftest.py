@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 collect_ignore = [] if KERAS3 else ["keras3"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
-SAMPLES = os.environ.get("PWISER_SAMPLES", os.path.join(SHARED, "datasets"))
+# Small real samples shipped with the tests (see tests/data/README.md).
+SAMPLES = os.path.join(REPO, "tests", "data")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
