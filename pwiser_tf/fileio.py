@@ -1,0 +1,113 @@
+"""File I/O on any filesystem TensorFlow knows: local paths, `gs://`, `ram://`, ...
+
+Every read and write of data, metadata, run directories, predictions and reports goes
+through `tf.io.gfile`, so a path may be local or remote. This module holds the few
+operations the project composes from it:
+
+- `atomic_write`: write a whole file under a temporary name, then rename it, so a
+  reader never sees a truncated file. Local files are fsynced before the rename.
+- `write_json` / `read_json`: the same, for JSON.
+- `exclusive_lock`: one writer per directory (`fcntl` on a lock file; local paths only,
+  since object stores have no locks).
+
+Example:
+
+>>> import tempfile, os
+>>> folder = tempfile.mkdtemp()
+>>> write_json(os.path.join(folder, "a.json"), {"x": 1})
+>>> read_json(os.path.join(folder, "a.json"))
+{'x': 1}
+>>> with exclusive_lock(folder):
+...     pass
+"""
+import contextlib
+import json
+import os
+import uuid
+from typing import Union
+
+import tensorflow as tf
+
+from pwiser_tf.errors import InputError
+
+gfile = tf.io.gfile
+LOCK_FILE = ".lock"
+
+
+def is_local(path: str) -> bool:
+    """Whether `path` is on the local filesystem (no `scheme://` prefix, or `file://`)."""
+    path = os.fspath(path)
+    return "://" not in path or path.startswith("file://")
+
+
+def join(*parts: str) -> str:
+    """`os.path.join` that keeps `scheme://` prefixes intact."""
+    return os.path.join(*[os.fspath(p) for p in parts])
+
+
+def temporary_name(path: str) -> str:
+    """A sibling name for writing `path` before it is renamed into place."""
+    return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def atomic_write(path: str, data: Union[str, bytes]) -> None:
+    """Writes `data` to `path` atomically: to a temporary sibling, fsync, rename."""
+    path = os.fspath(path)
+    tmp = temporary_name(path)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    try:
+        if is_local(path):
+            with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with gfile.GFile(tmp, mode) as f:
+                f.write(data)
+            gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if gfile.exists(tmp):
+            gfile.remove(tmp)
+
+
+def write_json(path: str, data) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str):
+    with gfile.GFile(os.fspath(path), "r") as f:
+        return json.load(f)
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: str, what: str = "directory"):
+    """Holds an exclusive lock on `directory` (created if missing) while the block runs.
+
+    A second process that asks for the same lock gets an `InputError` naming the
+    holder's process id. On remote filesystems there is no lock: the block just runs.
+    """
+    directory = os.fspath(directory)
+    if not is_local(directory):
+        yield
+        return
+    import fcntl
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK_FILE)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise InputError(f"{directory}: another process (pid {holder}) is writing this "
+                             f"{what}; wait for it to finish") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
