@@ -30,27 +30,35 @@ Example:
 ...                    validation_fraction=0.1)                # doctest: +SKIP
 >>> metadata.splits["validation"].counts                       # doctest: +SKIP
 """
-import glob
 import json
 import os
 import re
 import sys
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from pwiser_tf import fileio
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines import schema as schema_lib
 from pwiser_tf.pipelines.readers import open_reader, reader_class
+from pwiser_tf.pipelines.readers.base import check_input_file
 from pwiser_tf.pipelines.readers.idmap import FILE as ID_MAPS_FILE
 from pwiser_tf.pipelines.readers.idmap import IdMap
 from pwiser_tf.pipelines.records import ExampleEncoder, ShardWriter
 
+gfile = fileio.gfile
 SPLITS = ("train", "validation", "test")
 _WORDS = {"train": ("train",), "test": ("test",),
           "validation": ("val", "valid", "validation", "dev")}
 _MARKER = ".{}.done.json"
+_INDEX_DIR = ".index"  # the raw joins' on-disk index, inside the output, removed when done
 _HASH_SEED = 0x9E3779B97F4A7C15
+MAX_VOCAB = 1 << 31       # a field's max id + 1 above this is refused
+MAX_VOCAB_RATIO = 1000    # ... and so is one above this many times its distinct ids,
+SPARSE_VOCAB_FLOOR = 1 << 20  # ... if it is also above this (a small table costs nothing)
+_SAMPLE_ROWS = 1024       # rows of each chunk whose ids bound the distinct count from below
+_SAMPLE_MERGE = 1 << 16
 
 
 def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
@@ -58,14 +66,17 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
             compression: str = "", records_per_shard: int = 500_000,
             skip_malformed: bool = False, conversions_without_click: str = "drop",
             remap_ids: bool = False, overwrite: bool = False, progress: bool = True,
-            **reader_options) -> schema_lib.Metadata:
+            max_vocab: int = MAX_VOCAB, max_vocab_ratio: float = MAX_VOCAB_RATIO,
+            sparse_vocab_floor: int = SPARSE_VOCAB_FLOOR, **reader_options) -> schema_lib.Metadata:
     """Converts `inputs` of `format` into `output_dir`; returns its `Metadata`.
 
     Args:
       format: a reader format (`pwiser_tf.pipelines.readers.FORMATS`).
       inputs: paths (`PATH` or `SPLIT=PATH`, see the module docstring) or
-        `{split: [paths]}`.
-      output_dir: created if needed.
+        `{split: [paths]}`; local or on any filesystem `tf.io.gfile` knows.
+      output_dir: created if needed; local, `gs://`, `ram://`, ... One conversion at
+        a time writes it: a second one into the same local directory is refused
+        with the process id of the first.
       validation_fraction: share of the train rows (by hash of the row id) written
         to the `validation` split instead; 0 writes none.
       seed: salts that hash.
@@ -76,8 +87,18 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
       remap_ids: renumber each field's ids 1..k (0 stays "absent") over all splits,
         with one extra pass, and save the map as `id_maps.npz` (see
         `readers/idmap.py`); for raw Ali-CCP, whose ids share one global space.
-      overwrite: replace a finished conversion of other inputs in `output_dir`.
+      overwrite: replace a finished (or corrupt) conversion of other inputs in
+        `output_dir`, shards of every split included.
       progress: a tqdm bar of bytes read, on stderr.
+      max_vocab: refuse a field whose max id + 1 (its embedding table) exceeds this
+        (default 2^31) and advise `remap_ids`.
+      max_vocab_ratio: refuse a field whose max id + 1 exceeds this many times its
+        distinct ids (default 1000): a few outlying ids would make a mostly empty table;
+      sparse_vocab_floor: ... when its max id + 1 is also above this (default 2^20;
+        the ids of a small sample of real data are sparse, and a small table is cheap).
+
+    Every input file must hold rows, and every split written must be non-empty;
+    anything else is an `InputError` that names the file or split.
     """
     reader_class(format)  # an unknown format fails before any file is touched
     compression = (compression or "").upper()
@@ -101,12 +122,32 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
         "remap_ids": remap_ids,
         "options": {k: v for k, v in sorted(options.items()) if k != "block_bytes"},
         "inputs": {split: [_stat(p) for p in paths] for split, paths in by_split.items()}}
+    _refuse_shared_files(fingerprint["inputs"])
     layouts = {split: open_reader(format, paths, **options).layout  # headers only
                for split, paths in by_split.items()}
     if len(set(layouts.values())) > 1:
         raise InputError(f"the splits' files have different columns: "
                          f"{ {s: l.labels for s, l in layouts.items()} }")
-    os.makedirs(output_dir, exist_ok=True)
+    _make_output(output_dir)
+    with fileio.exclusive_lock(output_dir, "conversion"):
+        index_dir = None
+        if reader_class(format).joins and not options.get("index_dir") and \
+                fileio.is_local(output_dir):
+            index_dir = os.path.join(output_dir, _INDEX_DIR)  # never in the system temp
+            options["index_dir"] = index_dir
+        try:
+            return _convert(format, by_split, output_dir, options, fingerprint,
+                            layouts, validation_fraction, seed, compression,
+                            records_per_shard, remap_ids, overwrite, progress,
+                            (max_vocab, max_vocab_ratio, sparse_vocab_floor))
+        finally:
+            if index_dir is not None and gfile.exists(index_dir):
+                gfile.rmtree(index_dir)
+
+
+def _convert(format, by_split, output_dir, options, fingerprint, layouts,
+             validation_fraction, seed, compression, records_per_shard, remap_ids, overwrite,
+             progress, limits) -> schema_lib.Metadata:
     done = _finished(output_dir, fingerprint, overwrite)
     if done is not None:
         return done
@@ -118,24 +159,31 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
     for split in (s for s in SPLITS if s in by_split):
         results[split] = _split_result(format, split, by_split[split], output_dir, fingerprint,
                                        options, validation_fraction, seed, compression,
-                                       records_per_shard, progress, id_map)
+                                       records_per_shard, progress, id_map, limits[0])
     vocab: Dict[str, int] = {}
     for result in results.values():
         for name, top in result["max_ids"].items():
             vocab[name] = max(vocab.get(name, 1), top + 1)
+    if id_map is None:
+        _check_vocab(vocab, results, format, by_split, options, layout, *limits)
     splits = {}
     for result in results.values():
         for name, split in result["splits"].items():
-            splits[name] = schema_lib.Split(files=split["files"], counts=split["counts"])
+            splits[name] = schema_lib.Split(files=split["files"], counts=split["counts"],
+                                            records=split.get("records", []))
     metadata = schema_lib.Metadata(
         schema=layout.schema({n: vocab.get(n, 1) for n in _vocab_fields(layout)}),
         splits=splits, source_format=format, compression=compression,
         extra={"fingerprint": fingerprint,
                "source_counts": {s: r["source_counts"] for s, r in results.items()},
                **({"id_maps": ID_MAPS_FILE} if remap_ids else {})})
+    keep = {name for split in splits.values() for name in split.files}
+    for stray in _shards(output_dir):  # old shards of splits this conversion lacks
+        if os.path.basename(stray) not in keep:
+            gfile.remove(stray)
     metadata.save(output_dir)
-    for marker in glob.glob(os.path.join(output_dir, _MARKER.format("*"))):
-        os.remove(marker)  # the metadata now says it all
+    for marker in gfile.glob(fileio.join(output_dir, _MARKER.format("*"))):
+        gfile.remove(marker)  # the metadata now says it all
     return metadata
 
 
@@ -159,7 +207,7 @@ def assign_splits(inputs) -> Dict[str, List[str]]:
 
 def infer_split(path: str) -> str:
     """The split a file name (else its nearest folder name) names; `InputError` if none."""
-    parts = os.path.normpath(os.path.abspath(path)).split(os.sep)[::-1]
+    parts = _absolute(path).replace("://", "/").split("/")[::-1]
     for part in parts:
         words = set(re.split(r"[^a-z]+", part.lower()))
         found = [split for split, names in _WORDS.items() if words & set(names)]
@@ -171,31 +219,68 @@ def infer_split(path: str) -> str:
                      f"SPLIT=PATH (train=, validation= or test=)")
 
 
+def _absolute(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path)) if fileio.is_local(path) else path
+
+
 def _stat(path: str):
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    info = os.stat(path)
-    return [os.path.abspath(path), info.st_size, int(info.st_mtime)]
+    check_input_file(path)
+    info = gfile.stat(path)
+    if info.length == 0:
+        raise InputError(f"{path}: empty file")
+    return [_absolute(path), info.length, int(info.mtime_nsec // 10**9)]
+
+
+def _refuse_shared_files(stats: Dict[str, list]) -> None:
+    """One file in two splits (or twice in one) would leak test rows into training."""
+    seen: Dict[str, str] = {}
+    for split, files in stats.items():
+        for path, _, _ in files:
+            if path in seen:
+                twice = "twice in " + split if seen[path] == split else \
+                    f"as both {seen[path]} and {split}"
+                raise InputError(f"{path}: given {twice}; each file belongs to one split")
+            seen[path] = split
+
+
+def _make_output(output_dir: str) -> None:
+    """Creates `output_dir`; one clear line if it is a file or cannot be written."""
+    if gfile.exists(output_dir) and not gfile.isdir(output_dir):
+        raise InputError(f"--output {output_dir}: is a file, not a directory")
+    try:
+        gfile.makedirs(output_dir)
+    except Exception as err:  # tf.errors.OpError (permission denied, ...)
+        raise InputError(f"--output {output_dir}: cannot create it "
+                         f"({getattr(err, 'message', err)})") from None
+    if fileio.is_local(output_dir) and not os.access(output_dir, os.W_OK | os.X_OK):
+        raise InputError(f"--output {output_dir}: not writable (permission denied)")
+
+
+def _shards(output_dir: str) -> List[str]:
+    return gfile.glob(fileio.join(output_dir, "*-*.tfrecord*"))
 
 
 def _finished(output_dir, fingerprint, overwrite):
     """The metadata of an identical finished conversion; clears a different one."""
-    path = os.path.join(output_dir, schema_lib.METADATA_FILE)
-    if not os.path.exists(path):
+    path = fileio.join(output_dir, schema_lib.METADATA_FILE)
+    if not gfile.exists(path):
         return None
     try:
-        metadata = schema_lib.Metadata.load(output_dir)
-    except schema_lib.MetadataError:
-        metadata = None
+        metadata, problem = schema_lib.Metadata.load(output_dir), None
+    except schema_lib.MetadataError as err:
+        metadata, problem = None, str(err)
     if metadata is not None and metadata.extra.get("fingerprint") == _plain(fingerprint):
         return metadata
     if not overwrite:
+        if problem:
+            raise InputError(f"{problem}; the metadata is corrupt: convert again with "
+                             f"--overwrite (overwrite=True)")
         raise InputError(f"{output_dir}: holds a finished conversion of other inputs or "
                          f"options; choose another output directory or overwrite it")
-    os.remove(path)
-    for stale in glob.glob(os.path.join(output_dir, _MARKER.format("*"))) + glob.glob(
-            os.path.join(output_dir, ID_MAPS_FILE)):
-        os.remove(stale)
+    gfile.remove(path)
+    for stale in (_shards(output_dir) + gfile.glob(fileio.join(output_dir, _MARKER.format("*")))
+                  + gfile.glob(fileio.join(output_dir, ID_MAPS_FILE))):
+        gfile.remove(stale)
     return None
 
 
@@ -205,15 +290,15 @@ def _plain(value):
 
 def _id_map(format, by_split, options, output_dir, fingerprint, layout, progress) -> IdMap:
     """The id map of all splits: reused from an interrupted run, or collected and saved."""
-    marker = os.path.join(output_dir, _MARKER.format("id_maps"))
+    marker = fileio.join(output_dir, _MARKER.format("id_maps"))
     if _read_marker(marker, fingerprint) is not None and \
-            os.path.exists(os.path.join(output_dir, ID_MAPS_FILE)):
+            gfile.exists(fileio.join(output_dir, ID_MAPS_FILE)):
         return IdMap.load(output_dir)
     id_map = IdMap.collect(layout, (_with_bar(open_reader(format, paths, **options), progress,
                                               f"ids of {split}")
                                     for split, paths in by_split.items()))
     id_map.save(output_dir)
-    _write_marker(marker, {"fingerprint": _plain(fingerprint)})
+    fileio.write_json(marker, {"fingerprint": _plain(fingerprint)})
     return id_map
 
 
@@ -228,22 +313,22 @@ def _with_bar(reader, progress: bool, label: str):
 
 
 def _split_result(format, split, paths, output_dir, fingerprint, options, fraction, seed,
-                  compression, records_per_shard, progress, id_map) -> dict:
+                  compression, records_per_shard, progress, id_map, max_vocab) -> dict:
     """Converts one input split (train also writes validation), or reuses its marker."""
-    marker = os.path.join(output_dir, _MARKER.format(split))
+    marker = fileio.join(output_dir, _MARKER.format(split))
     # a split depends on its own inputs and the options, not on the other splits' files
     # (unless ids are renumbered over all splits)
     if not fingerprint["remap_ids"]:
         fingerprint = dict(fingerprint, inputs=fingerprint["inputs"][split])
-    if os.path.exists(marker):
+    if gfile.exists(marker):
         reused = _reusable(marker, fingerprint, output_dir)
         if reused is not None:
             return reused
-        os.remove(marker)
+        gfile.remove(marker)
     outputs = [split] + (["validation"] if split == "train" and fraction > 0 else [])
     for name in outputs:  # what an interrupted run of this split left behind
-        for stale in glob.glob(os.path.join(output_dir, f"{name}-*.tfrecord*")):
-            os.remove(stale)
+        for stale in gfile.glob(fileio.join(output_dir, f"{name}-*.tfrecord*")):
+            gfile.remove(stale)
 
     reader = open_reader(format, paths, **options)
     layout = reader.layout
@@ -251,14 +336,14 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
     writers = {name: ShardWriter(output_dir, name, compression=compression,
                                  records_per_shard=records_per_shard) for name in outputs}
     counts = {name: {"rows": 0, "clicks": 0, "conversions": 0} for name in outputs}
-    max_ids: Dict[str, int] = {}
+    ids = IdStats(layout, max_vocab if id_map is None else None)
     bar = _bar(progress, reader.size, split)
     try:
         for chunk in reader:
             bar.update(reader.position - bar.n)
             if id_map is not None:
                 chunk = id_map.apply(layout, chunk)
-            _track_ids(layout, chunk, max_ids)
+            ids.update(chunk)
             routes = {split: None}
             if len(outputs) > 1:
                 held_out = validation_mask(chunk.row_id, fraction, seed)
@@ -272,6 +357,7 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
                 counts[name]["clicks"] += int(part.labels["click"].sum())
                 counts[name]["conversions"] += int(part.labels["conversion"].sum())
         bar.update(reader.size - bar.n)
+        _check_rows(reader, split, counts, fraction)
         files = {name: writer.close() for name, writer in writers.items()}
     except BaseException:
         for writer in writers.values():
@@ -279,28 +365,128 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
         raise
     finally:
         bar.close()
-    result = {"fingerprint": _plain(fingerprint),
-              "max_ids": max_ids, "source_counts": reader.counts.as_dict(),
-              "splits": {name: {"files": files[name], "counts": counts[name]}
+    result = {"fingerprint": _plain(fingerprint), **ids.as_dict(),
+              "source_counts": reader.counts.as_dict(),
+              "splits": {name: {"files": files[name], "counts": counts[name],
+                                "records": writers[name].shard_records}
                          for name in outputs}}
-    _write_marker(marker, result)
+    fileio.write_json(marker, result)
     return result
 
 
-def _write_marker(marker: str, result: dict) -> None:
-    with open(marker + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    os.replace(marker + ".tmp", marker)
+def _check_rows(reader, split: str, counts: dict, fraction: float) -> None:
+    """Every input file yielded rows and every output split holds some."""
+    for path, rows in reader.rows_by_path.items():
+        if rows == 0:
+            malformed = reader.counts.malformed
+            raise InputError(
+                f"{path}: no rows left: --skip-malformed skipped its {malformed} malformed "
+                f"line(s)" if malformed else f"{path}: no data rows (empty or only a header)")
+    for name, count in counts.items():
+        if count["rows"]:
+            continue
+        if name == "validation":
+            why = (f"validation_fraction {fraction} held out none of the "
+                   f"{counts[split]['rows']} train rows; raise it or give a validation file")
+        elif reader.counts.dropped:
+            why = (f"all its {reader.counts.dropped} rows are conversions without a click, "
+                   f"which are dropped (keep them with --conversions-without-click click)")
+        else:
+            why = "no rows are left for it"
+        raise InputError(f"split {name!r} would be empty: {why}")
+
+
+class IdStats:
+    """Per field: the max id and where it was seen, and a lower bound of the distinct
+    ids (the distinct ids of a sample of every chunk), for the vocabulary checks."""
+
+    def __init__(self, layout, max_vocab: Optional[int]):
+        self.layout, self.max_vocab = layout, max_vocab
+        self.max_ids: Dict[str, int] = {}
+        self.max_at: Dict[str, str] = {}
+        self._sample: Dict[str, np.ndarray] = {}
+        self._pending: Dict[str, list] = {}
+
+    def update(self, chunk) -> None:
+        if not len(chunk):
+            return
+        columns = []
+        if self.layout.categorical:
+            rows = chunk.categorical.argmax(axis=0)
+            top = chunk.categorical[rows, np.arange(len(rows))]
+            for j, name in enumerate(self.layout.categorical):
+                columns.append((name, int(top[j]), int(rows[j]),
+                                chunk.categorical[:_SAMPLE_ROWS, j]))
+        for name, _ in self.layout.multi_valued:
+            field = chunk.multi_valued[name]
+            if len(field.values):
+                at = int(field.values.argmax())
+                row = int(np.searchsorted(np.cumsum(field.lengths), at, side="right"))
+                columns.append((name, int(field.values[at]), row,
+                                field.values[:_SAMPLE_ROWS * 4]))
+        for name, top, row, sample in columns:
+            if name not in self.max_ids or top > self.max_ids[name]:
+                self.max_ids[name], self.max_at[name] = top, chunk.where(row)
+                if self.max_vocab is not None and top + 1 > self.max_vocab:
+                    raise InputError(_vocab_message(self.max_at[name], name, top,
+                                                    f"over the limit of {self.max_vocab:,}"))
+            pending = self._pending.setdefault(name, [])
+            pending.append(np.unique(sample))
+            if sum(len(p) for p in pending) > _SAMPLE_MERGE:
+                self._merge(name)
+
+    def _merge(self, name: str) -> None:
+        self._sample[name] = np.unique(np.concatenate(
+            [self._sample.get(name, np.zeros([0], np.int64))] + self._pending.pop(name, [])))
+
+    def as_dict(self) -> dict:
+        for name in list(self._pending):
+            self._merge(name)
+        return {"max_ids": dict(self.max_ids), "max_at": dict(self.max_at),
+                "distinct_at_least": {n: int(len(v)) for n, v in self._sample.items()}}
+
+
+def _vocab_message(where: str, name: str, top: int, why: str) -> str:
+    return (f"{where}: field {name!r} has id {top:,}, so its embedding table would need "
+            f"{top + 1:,} rows, {why}; renumber the ids with --remap-ids (remap_ids=True)")
+
+
+def _check_vocab(vocab, results, format, by_split, options, layout, max_vocab,
+                 max_vocab_ratio, floor) -> None:
+    """Refuses vocabularies far larger than the distinct ids: one extra counting pass,
+    only for fields whose sampled distinct ids leave the question open."""
+    def where(name):
+        found = [r.get("max_at", {}).get(name) for r in results.values()
+                 if r["max_ids"].get(name, -1) + 1 == vocab[name]]
+        return next((w for w in found if w), "the inputs")
+
+    for name, size in vocab.items():
+        if size > max_vocab:
+            raise InputError(_vocab_message(where(name), name, size - 1,
+                                            f"over the limit of {max_vocab:,}"))
+    bound = {name: max(r.get("distinct_at_least", {}).get(name, 0) for r in results.values())
+             for name in vocab}
+    open_question = [n for n, size in vocab.items()
+                     if size > floor and size > max_vocab_ratio * max(1, bound[n])]
+    if not open_question:
+        return
+    tables = IdMap.collect(layout, (open_reader(format, paths, **options)
+                                    for paths in by_split.values())).tables
+    for name in open_question:
+        distinct = int(np.count_nonzero(tables[name]))  # 0 stands for "absent"
+        if vocab[name] > max_vocab_ratio * max(1, distinct):
+            raise InputError(_vocab_message(
+                where(name), name, vocab[name] - 1,
+                f"over {max_vocab_ratio:g} times its {distinct:,} distinct ids"))
 
 
 def _read_marker(marker: str, fingerprint: dict):
     """The marker's content if it records this fingerprint; None otherwise (or if a
     killed run left it unreadable)."""
     try:
-        with open(marker, encoding="utf-8") as f:
-            result = json.load(f)
+        result = fileio.read_json(marker)
         return result if result["fingerprint"] == _plain(fingerprint) else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # unreadable, malformed, or another run's: not reusable
         return None
 
 
@@ -311,7 +497,7 @@ def _reusable(marker: str, fingerprint: dict, output_dir: str):
         files = [n for s in result["splits"].values() for n in s["files"]]
     except (KeyError, TypeError, AttributeError):
         return None
-    if all(os.path.exists(os.path.join(output_dir, n)) for n in files):
+    if all(gfile.exists(fileio.join(output_dir, n)) for n in files):
         return result
     return None
 
@@ -329,16 +515,6 @@ def validation_mask(row_id: np.ndarray, fraction: float, seed: int) -> np.ndarra
 
 def _vocab_fields(layout) -> List[str]:
     return list(layout.categorical) + [name for name, _ in layout.multi_valued]
-
-
-def _track_ids(layout, chunk, max_ids: Dict[str, int]) -> None:
-    if len(chunk) and layout.categorical:
-        for name, top in zip(layout.categorical, chunk.categorical.max(axis=0).tolist()):
-            max_ids[name] = max(max_ids.get(name, 0), top)
-    for name, _ in layout.multi_valued:
-        values = chunk.multi_valued[name].values
-        if len(values):
-            max_ids[name] = max(max_ids.get(name, 0), int(values.max()))
 
 
 def _columns(layout, chunk) -> dict:

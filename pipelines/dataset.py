@@ -80,7 +80,9 @@ def make_dataset(path: str, batch_size: int, *, split: str = "train",
         `tf.data.AUTOTUNE` or a number helps on remote storage.
       prefetch: batches prepared ahead (`tf.data.AUTOTUNE` by default).
       verify: read every shard once, when first used in this process, so that a
-        truncated or corrupt shard fails here with its name instead of mid-training.
+        truncated, corrupt, cut or emptied shard fails here with its name instead of
+        training or scoring on fewer records: a directory's record counts are
+        checked against its `metadata.json`.
     """
     if batch_size <= 0:
         raise InputError(f"batch_size must be positive, got {batch_size}")
@@ -90,7 +92,7 @@ def make_dataset(path: str, batch_size: int, *, split: str = "train",
         raise InputError(f"multi_valued_length must be positive, got {multi_valued_length}")
     files, schema, compression = resolve(path, split, schema, compression)
     if verify:
-        verify_shards(files, compression)
+        verify_shards(files, compression, expected_records(path, split))
     batches = record_batches(
         files, compression, batch_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
         shuffle_group=shuffle_group, repeat=repeat, deterministic=deterministic,
@@ -134,8 +136,9 @@ def _repeat(dataset: tf.data.Dataset, repeat: Union[bool, int]) -> tf.data.Datas
 
 def resolve(path: str, split: str, schema: Optional[Schema],
             compression: Optional[str]) -> Tuple[List[str], Schema, str]:
-    """The shard files, schema and compression that `path` names."""
-    if os.path.isdir(path):
+    """The shard files, schema and compression that `path` names (local or remote)."""
+    gfile = tf.io.gfile
+    if gfile.isdir(path):
         metadata = Metadata.load(path)
         files = metadata.files(split, path)
         schema = schema or metadata.schema
@@ -146,7 +149,7 @@ def resolve(path: str, split: str, schema: Optional[Schema],
             raise InputError(f"{path}: no such directory and no file matches the pattern")
         if schema is None:
             directory = os.path.dirname(path) or "."
-            if not os.path.isfile(os.path.join(directory, METADATA_FILE)):
+            if not gfile.exists(os.path.join(directory, METADATA_FILE)):
                 raise MetadataError(f"{path}: give schema=... or put the dataset's "
                                     f"{METADATA_FILE} in {directory}")
             schema = Metadata.load(directory).schema
@@ -157,9 +160,34 @@ def resolve(path: str, split: str, schema: Optional[Schema],
     if not files:
         raise InputError(f"{path}: split {split!r} has no shards")
     for name in files:
-        if not os.path.isfile(name):
+        if not gfile.exists(name) or gfile.isdir(name):
             raise ShardError(f"{name}: shard is missing")
     return files, schema, compression
+
+
+def expected_records(path: str, split: str) -> Optional[List[int]]:
+    """The records of each shard of a converted directory's split, as its metadata.json
+    lists them: `[n]` (the split's total) for metadata that predates per-shard counts,
+    None for a file pattern."""
+    if not tf.io.gfile.isdir(path):
+        return None
+    entry = Metadata.load(path).splits.get(split)
+    if entry is None:
+        return None
+    if entry.records and len(entry.records) == len(entry.files):
+        return list(entry.records)
+    return [int(entry.counts["rows"])] if "rows" in entry.counts else None
+
+
+def verify_split(path: str, split: str) -> List[str]:
+    """`verify_shards` of a converted directory's split; returns its shard files."""
+    metadata = Metadata.load(path)
+    files = metadata.files(split, path)
+    for name in files:
+        if not tf.io.gfile.exists(name):
+            raise ShardError(f"{name}: shard listed in {path}/{METADATA_FILE} is missing")
+    verify_shards(files, metadata.compression, expected_records(path, split))
+    return files
 
 
 def read_records(files: Sequence[str], compression: str, *, shuffle: bool,
@@ -232,29 +260,57 @@ class Parser:
         return dense
 
 
-_VERIFIED = set()
+_VERIFIED: Dict[tuple, int] = {}  # (shard, compression, size, mtime) -> records
 _VERIFIED_LOCK = threading.Lock()
 
 
-def verify_shards(files: Sequence[str], compression: str) -> None:
+def verify_shards(files: Sequence[str], compression: str,
+                  expected: Optional[Sequence[int]] = None) -> List[int]:
     """Reads each shard once (C++, in parallel); a bad one raises `ShardError`.
 
-    A shard that passed stays trusted for this process until its size or
-    modification time changes.
+    Returns the records of each shard. `expected` holds what each shard should
+    hold (one entry per shard), or one total for all of them; a shard cut at a
+    record boundary or emptied then fails with its name. A shard that passed stays
+    trusted (and its count remembered) for this process until its size or
+    modification time changes, so the check costs one read per shard and process.
     """
     def key(name):
-        stat = os.stat(name)
-        return (os.path.abspath(name), compression, stat.st_size, stat.st_mtime_ns)
+        stat = tf.io.gfile.stat(name)
+        return (_absolute(name), compression, stat.length, stat.mtime_nsec)
 
-    pending = [name for name in files if key(name) not in _VERIFIED]
+    keys = [key(name) for name in files]
+    pending = [(name, k) for name, k in zip(files, keys) if k not in _VERIFIED]
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(pending)))) as pool:
-        problems = list(pool.map(lambda name: _check_shard(name, compression), pending))
-    for name, problem in zip(pending, problems):
+        results = list(pool.map(lambda item: _check_shard(item[0], compression), pending))
+    for (name, _), (problem, _) in zip(pending, results):
         if problem:
             raise ShardError(f"{name}: truncated or corrupt shard ({problem}); "
                              f"convert the data again")
     with _VERIFIED_LOCK:
-        _VERIFIED.update(key(name) for name in pending)
+        _VERIFIED.update((k, count) for (_, k), (_, count) in zip(pending, results))
+        counts = [_VERIFIED[k] for k in keys]
+    _compare_counts(files, counts, expected)
+    return counts
+
+
+def _compare_counts(files: Sequence[str], counts: List[int],
+                    expected: Optional[Sequence[int]]) -> None:
+    if not expected:
+        return
+    if len(expected) == len(files):
+        for name, count, want in zip(files, counts, expected):
+            if count != want:
+                raise ShardError(f"{name}: holds {count:,} records, {METADATA_FILE} lists "
+                                 f"{want:,}; the shard was cut or replaced: convert the "
+                                 f"data again")
+    elif sum(counts) != sum(expected):
+        raise ShardError(f"{', '.join(files)}: hold {sum(counts):,} records, "
+                         f"{METADATA_FILE} counts {sum(expected):,}; a shard was cut or "
+                         f"replaced: convert the data again")
+
+
+def _absolute(name: str) -> str:
+    return os.path.abspath(name) if "://" not in name else name
 
 
 @tf.autograph.experimental.do_not_convert
@@ -262,17 +318,16 @@ def _count(count, _):
     return count + 1
 
 
-def _check_shard(name: str, compression: str) -> str:
-    """'' when the shard reads to its end, else TensorFlow's reason."""
+def _check_shard(name: str, compression: str) -> Tuple[str, int]:
+    """`('', records)` when the shard reads to its end, else `(TensorFlow's reason, 0)`."""
     records = tf.data.TFRecordDataset(name, compression_type=compression,
                                       buffer_size=READ_BUFFER_BYTES)
     try:
-        records.reduce(tf.constant(0, tf.int64), _count)
+        return "", int(records.reduce(tf.constant(0, tf.int64), _count))
     except tf.errors.OpError as err:
         message = err.message.splitlines()[0]
-        return message.split("}}")[-1].split("[Op:")[0].strip()
-    return ""
+        return message.split("}}")[-1].split("[Op:")[0].strip(), 0
 
 
-__all__ = ["make_dataset", "record_batches", "Parser", "ShardError", "verify_shards", "MV_PAD_ID",
-           "MV_PAD_VALUE"]
+__all__ = ["make_dataset", "record_batches", "Parser", "ShardError", "verify_shards",
+           "verify_split", "expected_records", "MV_PAD_ID", "MV_PAD_VALUE"]

@@ -30,6 +30,8 @@ import tensorflow as tf
 
 from pwiser_tf.pipelines.schema import Schema
 
+PARTIAL_SUFFIX = ".partial"
+
 # wire tags: field 1/2/3, length-delimited
 _TAG1, _TAG2, _TAG3 = 0x0A, 0x12, 0x1A
 _FLOAT_LIST, _INT64_LIST = _TAG2, _TAG3   # Feature.float_list = 2, Feature.int64_list = 3
@@ -188,7 +190,9 @@ class ShardWriter:
 
     Shards are written as `{split}-{i:05d}.tfrecord.partial` and renamed to
     `{split}-{i:05d}-of-{n:05d}.tfrecord[.gz]` by `close()` once the split is
-    complete, so no file that a crash leaves behind has a shard's name.
+    complete, so no file that a crash leaves behind has a shard's name. The
+    directory may be on any filesystem `tf.io.gfile` knows. `shard_records` holds
+    the records of each shard.
     """
 
     def __init__(self, directory: str, split: str, *, compression: str = "",
@@ -200,11 +204,13 @@ class ShardWriter:
         self._writer = None
         self._in_shard = 0
         self.records = 0
+        self.shard_records: List[int] = []
 
     def _open(self) -> None:
         path = os.path.join(self.directory,
-                            f"{self.split}-{len(self._partials):05d}.tfrecord.partial")
+                            f"{self.split}-{len(self._partials):05d}.tfrecord{PARTIAL_SUFFIX}")
         self._partials.append(path)
+        self.shard_records.append(0)
         # zlib level 1: about twice as fast as the default level 6, and TFRecords of
         # packed ids compress nearly as well (docs/benchmarks.md).
         options = tf.io.TFRecordOptions(compression_type=self.compression,
@@ -225,6 +231,7 @@ class ShardWriter:
             for a, b in zip(bounds[start:stop], bounds[start + 1:stop + 1]):
                 write(data[a:b])
             self._in_shard += stop - start
+            self.shard_records[-1] += stop - start
             self.records += stop - start
             start = stop
 
@@ -244,12 +251,12 @@ class ShardWriter:
         names = []
         for i, partial in enumerate(self._partials):
             name = f"{self.split}-{i:05d}-of-{total:05d}{suffix}"
-            os.replace(partial, os.path.join(self.directory, name))
+            tf.io.gfile.rename(partial, os.path.join(self.directory, name), overwrite=True)
             names.append(name)
         return names
 
     def abort(self) -> None:
         self._close_current()
         for partial in self._partials:
-            if os.path.exists(partial):
-                os.remove(partial)
+            if tf.io.gfile.exists(partial):
+                tf.io.gfile.remove(partial)

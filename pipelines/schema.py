@@ -16,12 +16,12 @@ scalars `click`, `conversion` (click AND conversion over all exposures, i.e. the
 CTCVR label) and, for synthetic data, `intent`.
 """
 import dataclasses
-import json
 import os
 from typing import Dict, List, Tuple
 
 import tensorflow as tf
 
+from pwiser_tf import fileio
 from pwiser_tf.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -125,10 +125,13 @@ class Schema:
 
 @dataclasses.dataclass
 class Split:
-    """One split of a converted dataset: its shard files and its counts."""
+    """One split of a converted dataset: its shard files, its counts and the records
+    of each shard (`records[i]` in `files[i]`; empty in metadata of older versions),
+    which `make_dataset` and evaluation check before they read the split."""
 
     files: List[str]
     counts: Dict[str, int] = dataclasses.field(default_factory=dict)
+    records: List[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -171,27 +174,24 @@ class Metadata:
         )
 
     def save(self, directory: str) -> str:
-        """Writes `metadata.json` atomically (temporary name, then rename)."""
+        """Writes `metadata.json` atomically (`fileio.write_json`)."""
         path = os.path.join(directory, METADATA_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        fileio.write_json(path, self.to_dict())
         return path
 
     @classmethod
     def load(cls, directory: str) -> "Metadata":
         """Reads `DIR/metadata.json`; one clear error names the file on any problem."""
         path = os.path.join(directory, METADATA_FILE)
-        if not os.path.isfile(path):
+        if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
             raise MetadataError(
                 f"{path}: not found; is {directory!r} a directory written by "
                 f"`pwiser-tf convert`?")
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError) as err:
-            raise MetadataError(f"{path}: unreadable metadata ({err})") from None
+            data = fileio.read_json(path)
+        except (OSError, ValueError, tf.errors.OpError) as err:
+            reason = getattr(err, "message", None) or str(err)
+            raise MetadataError(f"{path}: unreadable metadata ({reason})") from None
         version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
             raise MetadataError(
@@ -199,7 +199,7 @@ class Metadata:
                 f"{SCHEMA_VERSION}; convert the data again")
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise MetadataError(f"{path}: malformed metadata ({err!r})") from None
 
 

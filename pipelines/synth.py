@@ -45,13 +45,13 @@ Example:
 2000
 """
 import dataclasses
-import json
 import os
 import sys
 from typing import Dict, Optional
 
 import numpy as np
 
+from pwiser_tf import fileio
 from pwiser_tf.errors import InputError
 
 DATASETS = ("aliexpress", "ali-ccp")
@@ -241,10 +241,8 @@ def synthesize(dataset: str, rows: int, output_dir: str, *, seed: int = 0,
                     "counts": counts, "files": writer.files(),
                     "convert_format": writer.convert_format,
                     "convert_inputs": writer.convert_inputs()}
-    tmp = os.path.join(output_dir, MANIFEST_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, os.path.join(output_dir, MANIFEST_FILE))  # written last: marks completion
+    # written last: it marks a complete dataset
+    fileio.write_json(os.path.join(output_dir, MANIFEST_FILE), manifest)
     return manifest
 
 

@@ -3,12 +3,16 @@
 One writer per dataset turns chunks of synthetic exposures (`synth.exposures`)
 into text, vectorised with `fastcsv`. Every file is written under a temporary
 name and renamed only when the whole dataset is written, so an interrupted run
-leaves no complete-looking file behind.
+leaves no complete-looking file behind. Files go through `tf.io.gfile`, so the
+output may be local or remote (`gs://`, `ram://`).
 """
 import os
 from typing import Dict, List
 
 import numpy as np
+
+from pwiser_tf import fileio
+from pwiser_tf.errors import InputError
 
 from pwiser_tf.pipelines.readers import aliexpress
 from pwiser_tf.pipelines.readers.aliexpress import (ITEM_CATEGORICAL as AE_ITEM_CATEGORICAL,
@@ -36,7 +40,8 @@ class Writer:
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
         self._handles: Dict[str, object] = {}
-        self._paths: Dict[str, str] = {}
+        self._paths: Dict[str, str] = {}   # final path -> temporary path
+        self._names: Dict[str, str] = {}   # relative name -> final path
 
     def __enter__(self):
         return self
@@ -44,26 +49,32 @@ class Writer:
     def __exit__(self, kind, value, traceback):
         for handle in self._handles.values():
             handle.close()
-        for path in self._paths.values():
+        for path, tmp in self._paths.items():
             if kind is None:
-                os.replace(path + ".tmp", path)
-            elif os.path.exists(path + ".tmp"):
-                os.remove(path + ".tmp")
+                fileio.gfile.rename(tmp, path, overwrite=True)
+            elif fileio.gfile.exists(tmp):
+                fileio.gfile.remove(tmp)
         return False
 
     def append(self, relative: str, text: bytes, header: bytes = b"") -> None:
         if relative not in self._handles:
             path = os.path.join(self.output_dir, relative)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.exists(path):
-                os.remove(path)  # a rerun never leaves an old file beside the new ones
-            self._paths[relative] = path
-            self._handles[relative] = open(path + ".tmp", "wb")
+            try:
+                fileio.gfile.makedirs(os.path.dirname(path))
+            except Exception as err:  # tf.errors.OpError: a file in the way, permissions
+                raise InputError(f"{os.path.dirname(path)}: cannot create the folder "
+                                 f"({getattr(err, 'message', err)})") from None
+            if fileio.gfile.exists(path):
+                fileio.gfile.remove(path)  # a rerun never leaves an old file beside the new
+            tmp = fileio.temporary_name(path)
+            self._paths[path] = tmp
+            self._names[relative] = path
+            self._handles[relative] = fileio.gfile.GFile(tmp, "wb")
             self._handles[relative].write(header)
         self._handles[relative].write(text)
 
     def files(self) -> Dict[str, str]:
-        return dict(self._paths)
+        return dict(self._names)
 
     def convert_inputs(self) -> List[str]:
         raise NotImplementedError

@@ -47,11 +47,10 @@ def check_compatible(trained: Schema, data: Schema, data_dir: str) -> None:
 def predict_split(model_dir: str, data_dir: str, split: str = "test",
                   batch_size: int = 8192) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     """Labels and predictions of every example of a split, in input order."""
+    from pwiser_tf.pipelines.dataset import verify_split
+
     metadata = Metadata.load(data_dir)
-    files = metadata.files(split, data_dir)
-    for path in files:
-        if not os.path.isfile(path):
-            raise InputError(f"{path}: shard listed in {data_dir}/metadata.json is missing")
+    files = verify_split(data_dir, split)  # every record metadata.json counts is there
     trained = os.path.join(saved_model_path(model_dir), "assets.extra", "metadata.json")
     if os.path.isfile(trained):
         check_compatible(Metadata.load(os.path.dirname(trained)).schema, metadata.schema,

@@ -30,6 +30,11 @@ def _csv_rows(path):
         return list(csv.reader(f))[1:]
 
 
+def _listing(directory):
+    """The files of an output directory, without the lock file of `convert`."""
+    return sorted(n for n in os.listdir(directory) if n != ".lock")
+
+
 def _batches(directory, split):
     features, labels = {}, {}
     for f, l in make_dataset(directory, 64, split=split):
@@ -162,7 +167,7 @@ def test_remapped_ids_are_compact_and_map_back(tmp_path):
     assert tables["101"][features["categorical"][:, col.index("101")]].tolist() == [7, 7, 8]
     assert tables["205"][features["categorical"][:, col.index("205")]].tolist() == [100, 101, 0]
     assert features["mv_210"][0].tolist() == [1, 2, 3]
-    assert sorted(os.listdir(out)) == ["id_maps.npz", METADATA_FILE,
+    assert _listing(out) == ["id_maps.npz", METADATA_FILE,
                                        "train-00000-of-00001.tfrecord"]
 
 
@@ -204,7 +209,7 @@ def test_crash_leaves_no_readable_output_and_rerun_resumes(tmp_path):
     out = str(tmp_path / "out")
     with pytest.raises(InputError, match=r"aliexpress_test_sample.csv:7"):
         convert("aliexpress-csv", [train, "test=" + test], out, progress=False)
-    left = sorted(os.listdir(out))
+    left = _listing(out)
     assert METADATA_FILE not in left and not any(n.startswith("test") for n in left)
     train_shard = os.path.join(out, "train-00000-of-00001.tfrecord")
     stamp = os.stat(train_shard).st_mtime_ns
@@ -212,7 +217,7 @@ def test_crash_leaves_no_readable_output_and_rerun_resumes(tmp_path):
     metadata = convert("aliexpress-csv", [train, "test=" + test], out, progress=False)
     assert os.stat(train_shard).st_mtime_ns == stamp  # the finished split was kept
     assert metadata.splits["test"].counts["rows"] == 20
-    assert sorted(os.listdir(out)) == [METADATA_FILE, "test-00000-of-00001.tfrecord",
+    assert _listing(out) == [METADATA_FILE, "test-00000-of-00001.tfrecord",
                                        "train-00000-of-00001.tfrecord"]
     again = convert("aliexpress-csv", [train, "test=" + test], out, progress=False)
     assert again.to_dict() == metadata.to_dict()
@@ -228,7 +233,7 @@ def test_crash_inside_a_split_and_leftovers_of_a_killed_run(tmp_path):
     with pytest.raises(InputError, match=r"aliexpress_train_sample.csv:80"):
         convert("aliexpress-csv", ["train=" + train], out, progress=False,
                 records_per_shard=5, block_bytes=4096)
-    assert os.listdir(out) == []  # shards written before the error were removed
+    assert _listing(out) == []  # shards written before the error were removed
     for name in ("train-00000.tfrecord.partial", "train-00003-of-00009.tfrecord",
                  ".train.done.json"):  # what a killed run may leave
         with open(os.path.join(out, name), "w") as f:
@@ -236,7 +241,7 @@ def test_crash_inside_a_split_and_leftovers_of_a_killed_run(tmp_path):
     shutil.copy(AE_TRAIN, train)
     metadata = convert("aliexpress-csv", ["train=" + train], out, progress=False,
                        records_per_shard=50)
-    assert sorted(os.listdir(out)) == [METADATA_FILE, "train-00000-of-00002.tfrecord",
+    assert _listing(out) == [METADATA_FILE, "train-00000-of-00002.tfrecord",
                                        "train-00001-of-00002.tfrecord"]
     assert metadata.splits["train"].counts["rows"] == 100
 
@@ -264,7 +269,7 @@ def test_killed_conversion_reruns_cleanly(tmp_path):
     assert subprocess.run(command, stdout=subprocess.DEVNULL).returncode == 0
     metadata = Metadata.load(out)
     assert metadata.splits["train"].counts["rows"] == 300_000
-    assert sorted(os.listdir(out)) == sorted(metadata.splits["train"].files + [METADATA_FILE])
+    assert _listing(out) == sorted(metadata.splits["train"].files + [METADATA_FILE])
 
 
 def test_truncated_shard_is_rejected(aliexpress, tmp_path):

@@ -223,7 +223,7 @@ def test_a_failed_run_leaves_no_complete_looking_file(tmp_path):
     out = tmp_path / "broken"
     (out / "processed").mkdir(parents=True)
     (out / "processed" / "esmm").write_text("a file where a folder must go")
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="processed/esmm: cannot create the folder"):
         synthesize("ali-ccp", 5000, str(out), seed=0)
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert left == ["processed/esmm"]

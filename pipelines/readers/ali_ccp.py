@@ -1,10 +1,7 @@
 """Ali-CCP processed formats: torch-rechub CSV, AITM CSV and PaddleRec ESMM text."""
-import os
-from typing import Iterator
-
 import numpy as np
 
-from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, text_blocks
+from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, parse_ints
 from pwiser_tf.pipelines.readers.processed import FILE_SHIFT, ProcessedCsvReader
 from pwiser_tf.pipelines.readers.table import drop_bad_rows
 from pwiser_tf.pipelines.readers.tokens import MULTI, SINGLE, FeatureTokens
@@ -50,18 +47,6 @@ class EsmmTextReader(Reader):
         self._tokens = FeatureTokens((b",", b":", None), with_values=False)
         return Layout("ali-ccp", SINGLE, (), tuple((name, False) for name in MULTI))
 
-    def _chunks(self) -> Iterator[Chunk]:
-        done = 0
-        for index, path in enumerate(self.paths):
-            self._path = path
-            for block, first_line, read in text_blocks(path, self.block_bytes, self.long_line):
-                self.position = done + read
-                chunk = self._block(block, first_line, path, index)
-                if chunk is not None:
-                    yield chunk
-            done += os.path.getsize(path)
-        self.position = self.size
-
     def _block(self, block: bytes, first_line: int, path: str, index: int):
         heads, texts, lines = [], [], []
         for offset, line in enumerate(block.split(b"\n")[:-1]):
@@ -69,13 +54,10 @@ class EsmmTextReader(Reader):
             if not line.strip():
                 continue
             parts = line.split(b",", 3)
-            try:
-                head = [int(p) for p in parts[:3]]
-            except ValueError:
-                head = None
+            head = parse_ints(parts[:3])
             if head is None or len(parts) < 3:
-                self.malformed(path, first_line + offset,
-                               "expected line_no,click,conversion,field:id,...")
+                self.malformed(path, first_line + offset, "expected line_no,click,conversion,"
+                               "field:id,... with line_no, click, conversion in int64")
                 continue
             heads.append(head)
             texts.append(parts[3] if len(parts) > 3 else b"")
@@ -89,7 +71,7 @@ class EsmmTextReader(Reader):
         lines = lines[keep]
         chunk = Chunk(categorical, numerical, multi,
                       {"click": heads[:, 1], "conversion": heads[:, 2]},
-                      (np.int64(index) << FILE_SHIFT) + heads[:, 0])
+                      (np.int64(index) << FILE_SHIFT) + heads[:, 0], lines, path)
         bad = ((heads[:, 1:] < 0) | (heads[:, 1:] > 1)).any(axis=1) | \
             (categorical < 0).any(axis=1)
         if bad.any():

@@ -17,23 +17,18 @@ multi-valued 210 and 109_14, 110_14, 127_14, 150_14 kept whole, with their value
 Row id: `sample_id`.
 """
 import os
-from typing import Iterator
 
 import numpy as np
 
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, text_blocks
-from pwiser_tf.pipelines.readers.join import SideTable
+from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, parse_ints
+from pwiser_tf.pipelines.readers.join import SideFileJoin
 from pwiser_tf.pipelines.readers.table import drop_bad_rows
 from pwiser_tf.pipelines.readers.tokens import MULTI, SINGLE, VALUED, FeatureTokens
 
 
-class AliCcpRawReader(Reader):
+class AliCcpRawReader(SideFileJoin, Reader):
     format = "ali-ccp-raw"
-
-    def __init__(self, paths, *, cache_entries: int = 1 << 16, index_dir: str = "", **kwargs):
-        self.cache_entries, self.index_dir = cache_entries, index_dir
-        super().__init__(paths, **kwargs)
 
     def _open(self) -> Layout:
         base = [os.path.basename(p) for p in self.paths]
@@ -47,25 +42,13 @@ class AliCcpRawReader(Reader):
         return Layout("ali-ccp", SINGLE, tuple(f"D{name}" for name in VALUED),
                       tuple((name, True) for name in MULTI))
 
-    def _chunks(self) -> Iterator[Chunk]:
-        common = SideTable(self.commons[0], cache_entries=self.cache_entries,
-                           index_dir=self.index_dir, malformed=self.malformed)
-        done = 0
-        try:
-            for path in self.skeletons:
-                self._path = path
-                for block, first_line, read in text_blocks(path, self.block_bytes,
-                                                           self.long_line):
-                    self.position = done + read
-                    chunk = self._block(block, first_line, path, common)
-                    if chunk is not None:
-                        yield chunk
-                done += os.path.getsize(path)
-        finally:
-            common.close()
-        self.position = self.size
+    def main_paths(self):
+        return self.skeletons
 
-    def _block(self, block: bytes, first_line: int, path: str, common: SideTable):
+    def side_path(self):
+        return self.commons[0]
+
+    def _block(self, block: bytes, first_line: int, path: str, index: int):
         heads, keys, lists, lines = [], [], [], []
         for offset, line in enumerate(block.split(b"\n")[:-1]):
             line = line.rstrip(b"\r")
@@ -76,10 +59,10 @@ class AliCcpRawReader(Reader):
             if len(parts) != 6:
                 reason = f"{len(parts)} columns, expected 6"
             else:
-                try:
-                    head = [int(parts[0]), int(parts[1]), int(parts[2]), int(parts[4])]
-                except ValueError:
-                    reason = "sample_id, click, conversion or feature_num is not an integer"
+                head = parse_ints([parts[0], parts[1], parts[2], parts[4]])
+                if head is None:
+                    reason = ("sample_id, click, conversion or feature_num is not an integer "
+                              "in int64")
             if reason is None and _count(parts[5]) != head[3]:
                 reason = f"feature_num is {head[3]}, the list holds {_count(parts[5])}"
             if reason:
@@ -91,7 +74,7 @@ class AliCcpRawReader(Reader):
             lines.append(first_line + offset)
         if not heads:
             return None
-        texts, kept, users = [], [], common.lookup(keys)
+        texts, kept, users = [], [], self.side.lookup(keys)
         for i, user in enumerate(users):
             reason = "common_feature_index not in the common-features file"
             if user is not None:
@@ -111,7 +94,7 @@ class AliCcpRawReader(Reader):
                                                                  self.malformed)
         heads, lines = heads[keep], lines[keep]
         chunk = Chunk(categorical, numerical, multi,
-                      {"click": heads[:, 1], "conversion": heads[:, 2]}, heads[:, 0])
+                      {"click": heads[:, 1], "conversion": heads[:, 2]}, heads[:, 0], lines, path)
         bad = ((heads[:, 1:3] < 0) | (heads[:, 1:3] > 1)).any(axis=1) | \
             (categorical < 0).any(axis=1) | ~np.isfinite(numerical).all(axis=1)
         if bad.any():

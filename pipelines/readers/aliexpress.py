@@ -1,12 +1,12 @@
 """AliExpress: the processed 82-column CSV (MTReclib) and the raw user/item files."""
 import os
-from typing import Iterator, List
+from typing import List
 
 import numpy as np
 
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines.readers.base import Chunk, Layout, text_blocks
-from pwiser_tf.pipelines.readers.join import SideTable
+from pwiser_tf.pipelines.readers.base import Layout
+from pwiser_tf.pipelines.readers.join import SideFileJoin
 from pwiser_tf.pipelines.readers.processed import ColumnsReader, ProcessedCsvReader
 from pwiser_tf.pipelines.readers.table import FLOAT, INT, CsvColumns, drop_bad_rows
 
@@ -33,7 +33,7 @@ class AliExpressCsvReader(ProcessedCsvReader):
     DATASET = "aliexpress"
 
 
-class AliExpressRawReader(ColumnsReader):
+class AliExpressRawReader(SideFileJoin, ColumnsReader):
     """The raw release: `<cc>_user_<split>.csv` (33 columns, `user_1` = search id)
     joined with `<cc>_item_<split>.csv` (49 columns, `item_1` = search id, `item_49`
     = 0 exposure, 1 click, 2 click and purchase) on the search id, into the
@@ -42,10 +42,6 @@ class AliExpressRawReader(ColumnsReader):
     `SideTable` (in step with the item file when both are ordered by search id)."""
 
     format = "aliexpress-raw"
-
-    def __init__(self, paths, *, cache_entries: int = 1 << 16, index_dir: str = "", **kwargs):
-        self.cache_entries, self.index_dir = cache_entries, index_dir
-        super().__init__(paths, **kwargs)
 
     def _open(self) -> Layout:
         base = [os.path.basename(p) for p in self.paths]
@@ -61,25 +57,13 @@ class AliExpressRawReader(ColumnsReader):
         self._parser = CsvColumns(names, kinds)
         return Layout("aliexpress", CATEGORICAL, NUMERICAL)
 
-    def _chunks(self) -> Iterator[Chunk]:
-        users = SideTable(self.user_paths[0], cache_entries=self.cache_entries,
-                          index_dir=self.index_dir, malformed=self.malformed)
-        done = 0
-        try:
-            for path in self.item_paths:
-                self._path = path
-                for block, first_line, read in text_blocks(path, self.block_bytes,
-                                                           self.long_line):
-                    self.position = done + read
-                    chunk = self._block(block, first_line, path, users)
-                    if chunk is not None:
-                        yield chunk
-                done += os.path.getsize(path)
-        finally:
-            users.close()
-        self.position = self.size
+    def main_paths(self):
+        return self.item_paths
 
-    def _block(self, block: bytes, first_line: int, path: str, users: SideTable):
+    def side_path(self):
+        return self.user_paths[0]
+
+    def _block(self, block: bytes, first_line: int, path: str, index: int):
         items, lines = [], []
         for offset, line in enumerate(block.split(b"\n")[:-1]):
             line = line.rstrip(b"\r")
@@ -88,7 +72,7 @@ class AliExpressRawReader(ColumnsReader):
                 lines.append(first_line + offset)
             elif line.strip():
                 self.malformed(path, first_line + offset, "no search id before a comma")
-        found = users.lookup([line[:line.find(b",")] for line in items])
+        found = self.side.lookup([line[:line.find(b",")] for line in items])
         joined, joined_lines = [], []
         for line, number, user in zip(items, lines, found):
             if user is None:

@@ -1,6 +1,8 @@
-"""What every reader shares: the chunk and layout types, counts, label policy, text blocks."""
+"""What every reader shares: the chunk and layout types, counts, label policy, the
+reading loop over text blocks, and file access through `tf.io.gfile` (so inputs may
+be local or on any filesystem TensorFlow knows: `gs://`, `ram://`, ...)."""
+import contextlib
 import dataclasses
-import os
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -8,6 +10,10 @@ import numpy as np
 from pwiser_tf.errors import InputError
 
 DEFAULT_BLOCK_BYTES = 8 << 20     # text parsed per chunk
+BOM = b"\xef\xbb\xbf"              # a UTF-8 byte order mark, dropped at the start of a file
+# magic bytes of archives a reader cannot parse as text
+_ARCHIVES = {b"\x1f\x8b": ("gzip-compressed", "decompress it first, e.g. `gunzip -k {path}`"),
+             b"PK\x03\x04": ("a zip archive", "extract it first, e.g. `unzip {path}`")}
 MAX_LINE_BYTES = 64 << 20         # a longer "line" is garbage, not data
 POLICIES = ("drop", "click")      # what to do with a conversion without a click
 
@@ -35,6 +41,8 @@ class Chunk:
     multi_valued: Dict[str, Ragged]
     labels: Dict[str, np.ndarray]
     row_id: np.ndarray
+    lines: Optional[np.ndarray] = None  # 1-based line of each row in `path`, for messages
+    path: str = ""                      # the file the rows come from
 
     def __len__(self) -> int:
         return len(self.row_id)
@@ -43,7 +51,14 @@ class Chunk:
         """The rows where the boolean mask `keep` is set."""
         return Chunk(self.categorical[keep], self.numerical[keep],
                      {k: v.select(keep) for k, v in self.multi_valued.items()},
-                     {k: v[keep] for k, v in self.labels.items()}, self.row_id[keep])
+                     {k: v[keep] for k, v in self.labels.items()}, self.row_id[keep],
+                     None if self.lines is None else self.lines[keep], self.path)
+
+    def where(self, row: int) -> str:
+        """`path:line` of a row (or the path alone when lines are unknown)."""
+        if self.lines is None:
+            return self.path
+        return f"{self.path}:{int(self.lines[row])}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +106,19 @@ class Counts:
 class Reader:
     """Streams the files of one split as `Chunk`s; subclasses parse one format.
 
-    A subclass sets `format`, builds `self.layout` in `_open()` and yields chunks
-    from `_chunks()` with raw labels; `__iter__` applies the label policy and counts.
-    `size` is the bytes to read and `position` the bytes read so far (for progress).
+    The one reading loop lives here: `__iter__` reads each of `main_paths()` in
+    blocks of whole lines (`text_blocks`), hands every block to the subclass's
+    `_block(block, first_line, path, index)`, which returns a `Chunk` with raw
+    labels (or None), then applies the label policy and counts. A subclass sets
+    `format`, builds `self.layout` in `_open()`, and may hold resources for one
+    pass in `_session()` (the raw formats' side tables). `size` is the bytes to
+    read and `position` the bytes read so far (for progress); `rows_by_path`
+    counts the well-formed rows of each file in the last pass (before the label
+    policy drops any).
     """
 
     format = ""
+    joins = False  # whether it joins a side file (and takes `cache_entries`, `index_dir`)
     _path = ""  # the file being read, for messages
 
     def __init__(self, paths: Sequence[str], *, skip_malformed: bool = False,
@@ -105,8 +127,7 @@ class Reader:
         if not paths:
             raise InputError(f"{self.format}: no input files given")
         for path in paths:
-            if not os.path.isfile(path):
-                raise InputError(f"{path}: no such file")
+            check_input_file(path)
         if conversions_without_click not in POLICIES:
             raise InputError(f"conversions_without_click must be one of {POLICIES}, "
                              f"got {conversions_without_click!r}")
@@ -115,22 +136,48 @@ class Reader:
         self.policy = conversions_without_click
         self.block_bytes = int(block_bytes)
         self.counts = Counts()
-        self.size = sum(os.path.getsize(p) for p in self.paths)
+        self.rows_by_path: Dict[str, int] = {}
+        self.size = sum(file_size(p) for p in self.paths)
         self.position = 0
         self.layout = self._open()
 
     def _open(self) -> Layout:
         raise NotImplementedError
 
-    def _chunks(self) -> Iterator[Chunk]:
+    def main_paths(self) -> List[str]:
+        """The files whose lines become rows (the raw formats join the others in)."""
+        return self.paths
+
+    @contextlib.contextmanager
+    def _session(self):
+        """Resources held during one pass over the files."""
+        yield
+
+    def _block(self, block: bytes, first_line: int, path: str, index: int) -> Optional[Chunk]:
+        """The rows of a block of whole lines (`first_line` is the first one's number)."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Chunk]:
         self.counts = Counts()  # each pass counts afresh
-        for chunk in self._chunks():
-            chunk = self._label_policy(chunk)
-            if len(chunk):
-                yield chunk
+        paths = self.main_paths()
+        self.rows_by_path = {path: 0 for path in paths}
+        done = 0
+        with self._session():
+            for index, path in enumerate(paths):
+                self._path = path
+                for block, first_line, read in text_blocks(path, self.block_bytes,
+                                                           self.long_line):
+                    self.position = done + read
+                    chunk = self._block(block, first_line, path, index)
+                    if chunk is None:
+                        continue
+                    chunk.path = path
+                    self.rows_by_path[path] += len(chunk)
+                    chunk = self._label_policy(chunk)
+                    if len(chunk):
+                        yield chunk
+                done += file_size(path)
+        self.position = self.size
 
     def malformed(self, path: str, line: int, reason: str) -> None:
         """Raises `InputError` naming file and line, or counts the line when skipping."""
@@ -161,19 +208,56 @@ class Reader:
         self.counts.conversions += int(chunk.labels["conversion"].sum())
         return chunk
 
+def _gfile():
+    import tensorflow as tf  # loaded on first file access: `--help` stays fast
+
+    return tf.io.gfile
+
+
+def open_binary(path: str):
+    """`path` opened for reading bytes, on any filesystem TensorFlow knows."""
+    return _gfile().GFile(path, "rb")
+
+
+def file_size(path: str) -> int:
+    return _gfile().stat(path).length
+
+
+def check_input_file(path: str) -> None:
+    """Raises `InputError` unless `path` is a readable text file (not a folder, not an
+    archive)."""
+    gfile = _gfile()
+    if gfile.isdir(path):
+        raise InputError(f"{path}: is a directory, not a file")
+    if not gfile.exists(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        with open_binary(path) as f:
+            head = f.read(4)
+    except Exception as err:  # tf.errors.OpError: permissions, ...
+        raise InputError(f"{path}: cannot read ({getattr(err, 'message', err)})") from None
+    for magic, (what, advice) in _ARCHIVES.items():
+        if head.startswith(magic):
+            raise InputError(f"{path}: is {what}; {advice.format(path=path)}")
+
 
 def text_blocks(path: str, block_bytes: int, on_long_line) -> Iterator[Tuple[bytes, int, int]]:
     """`(block, first_line, bytes_read)`: whole lines of about `block_bytes`, 1-based numbering.
 
-    The last line gets a newline if it lacks one. A line longer than
-    `MAX_LINE_BYTES` is passed to `on_long_line(line_number)` and skipped.
+    The last line gets a newline if it lacks one; a UTF-8 byte order mark at the
+    start of the file is dropped. A line longer than `MAX_LINE_BYTES` is passed to
+    `on_long_line(line_number)` and skipped.
     """
-    line, rest, skipping = 1, b"", False
-    with open(path, "rb") as f:
+    line, rest, skipping, first = 1, b"", False, True
+    with open_binary(path) as f:
         while True:
             data = f.read(block_bytes)
             if not data:
                 break
+            if first:
+                first = False
+                if data.startswith(BOM):
+                    data = data[len(BOM):]
             if skipping:  # inside an over-long line: drop up to its end
                 cut = data.find(b"\n")
                 if cut < 0:
@@ -192,6 +276,26 @@ def text_blocks(path: str, block_bytes: int, on_long_line) -> Iterator[Tuple[byt
             line += block.count(b"\n")
         if rest and not skipping:
             yield rest + b"\n", line, f.tell()
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def parse_int(text: bytes) -> Optional[int]:
+    """The int64 that `text` spells (digits, an optional minus, spaces around), else None;
+    as strict as the CSV parser: no `+`, no `_`, nothing beyond int64."""
+    text = text.strip()
+    digits = text[1:] if text[:1] == b"-" else text
+    if not digits.isdigit() or not digits.isascii():
+        return None
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def parse_ints(cells: Sequence[bytes]) -> Optional[List[int]]:
+    """`parse_int` of every cell, or None if any fails."""
+    values = [parse_int(cell) for cell in cells]
+    return None if any(v is None for v in values) else values
 
 
 def line_numbers(first_line: int, n: int) -> np.ndarray:

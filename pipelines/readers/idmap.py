@@ -18,6 +18,7 @@ Example:
 >>> ids.apply(layout, chunk).categorical[:, 0].tolist(), ids.vocab_sizes()
 ([2, 0, 1], {'a': 3})
 """
+import io
 import os
 from typing import Dict, Iterable
 
@@ -71,13 +72,20 @@ class IdMap:
         return {name: len(table) for name, table in self.tables.items()}
 
     def save(self, directory: str) -> str:
+        """Writes `id_maps.npz` atomically, on any filesystem `tf.io.gfile` knows."""
+        from pwiser_tf import fileio
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.tables)
         path = os.path.join(directory, FILE)
-        with open(path + ".tmp", "wb") as f:
-            np.savez(f, **self.tables)
-        os.replace(path + ".tmp", path)
+        fileio.atomic_write(path, buffer.getvalue())
         return path
 
     @classmethod
     def load(cls, directory: str) -> "IdMap":
-        with np.load(os.path.join(directory, FILE)) as data:
+        from pwiser_tf.pipelines.readers.base import open_binary
+
+        with open_binary(os.path.join(directory, FILE)) as f:
+            raw = f.read()
+        with np.load(io.BytesIO(raw)) as data:
             return cls({name: data[name] for name in data.files})

@@ -9,17 +9,19 @@ main one and keeps only a bounded cache of recent rows (`cache_entries`).
 Fallback when the orders differ: the first key that the forward stream cannot
 find (it reached the end of the side file, or the row was evicted from the cache)
 switches the table to an on-disk index, an sqlite file of `key -> (offset,
-length)` built in one pass over the side file (in `index_dir`, or a temporary
+length)` built in one pass over the side file (in `index_dir`, which `convert`
+puts inside its output directory and removes when done, or else a temporary
 directory), and rows are then read by seeking. Memory stays bounded either way;
 an unsorted pair is slower, not wrong.
 """
 import collections
+import contextlib
 import os
 import sqlite3
 import tempfile
 from typing import Callable, List, Optional, Sequence
 
-from pwiser_tf.pipelines.readers.base import text_blocks
+from pwiser_tf.pipelines.readers.base import BOM, open_binary, text_blocks
 
 _INDEX_BATCH = 100_000
 
@@ -103,9 +105,11 @@ class SideTable:
         db.execute("PRAGMA synchronous=OFF")
         db.execute("CREATE TABLE rows (key BLOB PRIMARY KEY, offset INTEGER, length INTEGER)")
         rows, offset, number = [], 0, 0
-        with open(self.path, "rb") as f:
+        with open_binary(self.path) as f:
             for line in f:
                 number += 1
+                if number == 1 and line.startswith(BOM):
+                    offset, line = len(BOM), line[len(BOM):]
                 found, _ = self._split(number, line.rstrip(b"\r\n"))
                 if found is not None:
                     rows.append((found, offset, len(line)))
@@ -116,7 +120,7 @@ class SideTable:
         db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)", rows)
         db.commit()
         self._db = db
-        self._file = open(self.path, "rb")
+        self._file = open_binary(self.path)
         self._cache.clear()
 
     def _indexed(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
@@ -139,3 +143,30 @@ class SideTable:
             self._file.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+class SideFileJoin:
+    """Mixin of the raw readers: the rows of `main_paths()` joined with one side file
+    (`side_path()`), read through a `SideTable` (`self.side`) during each pass.
+
+    Takes `cache_entries` (side rows kept in memory) and `index_dir` (where the
+    on-disk index goes if the files are not in the same key order).
+    """
+
+    joins = True
+
+    def __init__(self, paths, *, cache_entries: int = 1 << 16, index_dir: str = "", **kwargs):
+        self.cache_entries, self.index_dir = cache_entries, index_dir
+        super().__init__(paths, **kwargs)
+
+    def side_path(self) -> str:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _session(self):
+        self.side = SideTable(self.side_path(), cache_entries=self.cache_entries,
+                              index_dir=self.index_dir, malformed=self.malformed)
+        try:
+            yield
+        finally:
+            self.side.close()

@@ -1,11 +1,11 @@
 """Readers of processed numeric CSVs (one row per line, a fixed list of columns)."""
-import os
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, check_header, text_blocks
+from pwiser_tf.pipelines.readers.base import (BOM, Chunk, Layout, Reader, check_header,
+                                              open_binary)
 from pwiser_tf.pipelines.readers.table import FLOAT, INT, CsvColumns, drop_bad_rows
 
 FILE_SHIFT = 40  # row id of a file without an id column: file index << 40 | line number
@@ -26,7 +26,7 @@ class ColumnsReader(Reader):
         bad = (cat < 0).any(axis=1) | ~np.isfinite(num).all(axis=1)
         for values in lab.values():
             bad |= (values < 0) | (values > 1)
-        chunk = Chunk(cat, num, {}, lab, row_id)
+        chunk = Chunk(cat, num, {}, lab, row_id, lines, path)
         if bad.any():
             chunk = chunk.select(drop_bad_rows(
                 bad, lines, path, "negative id, non-finite number or a label outside {0, 1}",
@@ -66,8 +66,10 @@ class ProcessedCsvReader(ColumnsReader):
 
     def _header(self, path: str):
         """The header's names, `[]` for an empty file or a headerless one (if allowed)."""
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             first = f.readline()
+        if first.startswith(BOM):
+            first = first[len(BOM):]
         if not first.strip():
             return []
         try:
@@ -78,21 +80,13 @@ class ProcessedCsvReader(ColumnsReader):
             return []  # data on the first line
         return check_header(path, names, self.HEADER, self.OPTIONAL)
 
-    def _chunks(self) -> Iterator[Chunk]:
-        done = 0
-        for index, path in enumerate(self.paths):
-            self._path = path
-            for block, first_line, read in text_blocks(path, self.block_bytes, self.long_line):
-                self.position = done + read
-                if first_line == 1 and self._has_header[index]:
-                    block, first_line = block[block.find(b"\n") + 1:], 2
-                    if not block:
-                        continue
-                columns, lines = self._parser.parse(block, first_line, path, self.malformed)
-                row_id = columns[self.ID_COLUMN] if self.ID_COLUMN else \
-                    (np.int64(index) << FILE_SHIFT) + lines
-                yield self._chunk(columns, lines, path, self.CATEGORICAL, self.NUMERICAL,
-                                  self._labels, row_id)
-            done += os.path.getsize(path)
-        self.position = self.size
-
+    def _block(self, block: bytes, first_line: int, path: str, index: int):
+        if first_line == 1 and self._has_header[index]:
+            block, first_line = block[block.find(b"\n") + 1:], 2
+            if not block:
+                return None
+        columns, lines = self._parser.parse(block, first_line, path, self.malformed)
+        row_id = columns[self.ID_COLUMN] if self.ID_COLUMN else \
+            (np.int64(index) << FILE_SHIFT) + lines
+        return self._chunk(columns, lines, path, self.CATEGORICAL, self.NUMERICAL,
+                           self._labels, row_id)

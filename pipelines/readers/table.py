@@ -7,11 +7,11 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import csv as pa_csv
 
-from pwiser_tf.pipelines.readers.base import line_numbers
+from pwiser_tf.pipelines.readers.base import line_numbers, parse_int
 
 INT, FLOAT = "int", "float"
 _ARROW = {INT: pa.int64(), FLOAT: pa.float32()}
-_PYTHON = {INT: int, FLOAT: float}
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError)
 
 
 class CsvColumns:
@@ -43,7 +43,7 @@ class CsvColumns:
         try:
             columns = self._arrow(block)
             return columns, line_numbers(first_line, len(columns[self.names[0]]))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except _ARROW_ERRORS:
             pass
         good: List[bytes] = []
         lines: List[int] = []
@@ -55,6 +55,19 @@ class CsvColumns:
                 lines.append(number)
             elif reason:
                 malformed(path, number, reason)
+        try:
+            return self._good(good, lines)
+        except _ARROW_ERRORS:  # a line that passed `_check` and not pyarrow: find it
+            kept = []
+            for line, number in zip(good, lines):
+                try:
+                    self._arrow(line + b"\n")
+                    kept.append((line, number))
+                except _ARROW_ERRORS as err:
+                    malformed(path, number, f"not parseable ({str(err).splitlines()[0][:80]})")
+            return self._good([k[0] for k in kept], [k[1] for k in kept])
+
+    def _good(self, good: List[bytes], lines: List[int]):
         if not good:
             return {n: np.zeros([0], _ARROW[k].to_pandas_dtype())
                     for n, k in zip(self.names, self.kinds)}, np.zeros([0], np.int64)
@@ -73,12 +86,25 @@ class CsvColumns:
         if len(cells) != len(self.names):
             return f"{len(cells)} columns, expected {len(self.names)}"
         for name, kind, cell in zip(self.names, self.kinds, cells):
-            try:
-                _PYTHON[kind](cell)
-            except ValueError:
-                expected = "an integer" if kind == INT else "a number"
-                return f"column {name!r}: {cell[:40]!r} is not {expected}"
+            if kind == INT:
+                if parse_int(cell.encode()) is None:
+                    beyond = cell.strip().lstrip("-").isdigit()
+                    return f"column {name!r}: {cell[:40]!r} is " + (
+                        "beyond int64" if beyond else "not an integer")
+            elif not _is_number(cell):
+                return f"column {name!r}: {cell[:40]!r} is not a number"
         return None
+
+
+def _is_number(cell: str) -> bool:
+    """Whether pyarrow reads `cell` as a float (Python's `float`, without `_`)."""
+    if "_" in cell:
+        return False
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def drop_bad_rows(bad: np.ndarray, lines: np.ndarray, path: str, reason: str,
