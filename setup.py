@@ -27,6 +27,9 @@ setup(
                  "models for TensorFlow, Keras and TFRS"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    classifiers=["License :: OSI Approved :: Apache Software License",
+                 "Programming Language :: Python :: 3"],
     python_requires=">=3.10",
     package_dir=PACKAGE_DIRS,
     packages=_packages(),
@@ -42,6 +45,7 @@ setup(
         "tqdm",
         "pyarrow>=14",
         "matplotlib",
+        "pydantic>=2",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "keras-rs>=0.2"],

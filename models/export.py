@@ -14,12 +14,15 @@ Example:
 """
 import functools
 import os
-import shutil
+from typing import Dict, Optional
 
 import tensorflow as tf
 
+from pwiser_tf import fileio
 from pwiser_tf.pipelines.dataset import Parser
 from pwiser_tf.pipelines.schema import Schema
+
+gfile = tf.io.gfile
 
 
 def parse_serving_features(examples, schema: Schema):
@@ -44,17 +47,26 @@ class _Serving(tf.Module):
         return {"pctr": out["ctr"], "pcvr": out["cvr"], "pctcvr": out["ctcvr"]}
 
 
-def export_saved_model(model, path: str, schema: Schema) -> str:
+def export_saved_model(model, path: str, schema: Schema,
+                       assets_extra: Optional[Dict[str, bytes]] = None) -> str:
     """Writes `model` as a SavedModel at `path` (replaced if it exists); returns `path`.
 
-    The directory appears complete or not at all: it is written under a
-    temporary name and renamed.
+    `assets_extra` maps file names to contents written into `assets.extra/`
+    (for example the `metadata.json` the model was trained on). The directory
+    appears complete or not at all: it is written under a temporary name and
+    renamed. `path` may be on any filesystem `tf.io.gfile` knows.
     """
     module = _Serving(model, schema)
     staging = path.rstrip("/") + ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    if gfile.exists(staging):
+        gfile.rmtree(staging)
     tf.saved_model.save(module, staging, signatures={"serving_default": module.serve})
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(staging, path)
+    if assets_extra:
+        extra = os.path.join(staging, "assets.extra")
+        gfile.makedirs(extra)
+        for name, content in assets_extra.items():
+            fileio.atomic_write(os.path.join(extra, name), content)
+    if gfile.isdir(path):
+        gfile.rmtree(path)
+    gfile.rename(staging, path)
     return path

@@ -128,7 +128,7 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
     if len(set(layouts.values())) > 1:
         raise InputError(f"the splits' files have different columns: "
                          f"{ {s: l.labels for s, l in layouts.items()} }")
-    _make_output(output_dir)
+    fileio.make_dirs(output_dir, "--output")
     with fileio.exclusive_lock(output_dir, "conversion"):
         index_dir = None
         if reader_class(format).joins and not options.get("index_dir") and \
@@ -241,19 +241,6 @@ def _refuse_shared_files(stats: Dict[str, list]) -> None:
                     f"as both {seen[path]} and {split}"
                 raise InputError(f"{path}: given {twice}; each file belongs to one split")
             seen[path] = split
-
-
-def _make_output(output_dir: str) -> None:
-    """Creates `output_dir`; one clear line if it is a file or cannot be written."""
-    if gfile.exists(output_dir) and not gfile.isdir(output_dir):
-        raise InputError(f"--output {output_dir}: is a file, not a directory")
-    try:
-        gfile.makedirs(output_dir)
-    except Exception as err:  # tf.errors.OpError (permission denied, ...)
-        raise InputError(f"--output {output_dir}: cannot create it "
-                         f"({getattr(err, 'message', err)})") from None
-    if fileio.is_local(output_dir) and not os.access(output_dir, os.W_OK | os.X_OK):
-        raise InputError(f"--output {output_dir}: not writable (permission denied)")
 
 
 def _shards(output_dir: str) -> List[str]:

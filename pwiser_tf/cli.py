@@ -4,16 +4,25 @@ Each subcommand lives in `pwiser_tf/commands/<name>.py` and exposes
 `add_arguments(parser)` and `run(args) -> int`; the modules load only when their
 subcommand runs, so `pwiser-tf --help` stays fast. Errors about the user's input
 (`InputError`) print one line and exit with status 2, without a traceback.
+
+TensorFlow's C++ and absl logging (oneDNN notices, CUDA probing) is silenced
+while TensorFlow loads, unless `--verbose` is given or `TF_CPP_MIN_LOG_LEVEL`
+is set in the environment.
 """
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import tempfile
 
 # The models run on tf-keras (TFRS is a Keras 2 library); the flavour is fixed when
 # TensorFlow first loads Keras, so it is chosen here, before anything imports it.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+USER_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Commands that never load TensorFlow.
+WITHOUT_TENSORFLOW = ("synth",)
 
 COMMANDS = {
     "synth": "write a synthetic dataset in the raw and processed public formats",
@@ -31,6 +40,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif not USER_LOG_LEVEL and args.command not in WITHOUT_TENSORFLOW:
+        load_tensorflow_quietly()
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except InputError as err:
@@ -42,15 +55,59 @@ def main(argv=None) -> int:
         return 130
 
 
+@contextlib.contextmanager
+def _stderr_captured():
+    """Sends file descriptor 2 (where C++ logging writes) to a temporary file; yields
+    the file, so the caller can show what was written when something failed."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def load_tensorflow_quietly() -> None:
+    """Imports TensorFlow and probes its devices with the C++ log hidden, then turns
+    TensorFlow's and absl's Python loggers down to errors."""
+    with _stderr_captured() as captured:
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            captured.seek(0)
+            sys.stderr.buffer.write(captured.read())  # shown only when loading fails
+            raise
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tf.get_logger().setLevel("ERROR")
+
+
+def _version() -> str:
+    from pwiser_tf import __version__
+    return f"pwiser-tf {__version__}"
+
+
 def build_parser(argv) -> argparse.ArgumentParser:
     """The parser, with the arguments of the subcommand that `argv` names."""
     parser = argparse.ArgumentParser(
         prog="pwiser-tf",
         description="PWiseR and multi-task CTR/CVR models for TensorFlow.")
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own log messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    named = argv[0] if argv else None
+    named = next((a for a in argv if not a.startswith("-")), None)
     for name, help_text in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show TensorFlow's own log messages")
         command.set_defaults(_module=f"pwiser_tf.commands.{name}")
         if name == named:
             importlib.import_module(f"pwiser_tf.commands.{name}").add_arguments(command)

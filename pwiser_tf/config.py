@@ -5,21 +5,111 @@ over the packaged defaults and applies `key.sub=value` overrides (values parsed
 as YAML, so `train.epochs=3` gives an int and `models=[mmoe,ple]` a list). Every
 run writes the resolved configuration beside its results.
 
+`validate(config)` checks a configuration against its schema (`Config`, pydantic
+models): an unknown key is refused with the nearest valid key suggested, and a
+value of the wrong type or range is refused with the key that holds it.
+
 Example:
 
 >>> cfg = resolve({"train": {"epochs": 10}}, overrides=["train.epochs=2"])
 >>> cfg["train"]["epochs"]
 2
+>>> validate({"train": {"epoch": 3}})
+Traceback (most recent call last):
+...
+pwiser_tf.errors.InputError: unknown configuration key 'train.epoch'; did you mean 'train.epochs'?
 """
 import copy
+import difflib
 import json
-import os
+import typing
 from importlib import resources
-from typing import Iterable, Optional
+from typing import Any, Dict, Iterable, List, Literal, Optional
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from pwiser_tf.errors import InputError
+
+
+class _Section(BaseModel):
+    """A configuration section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TrainSettings(_Section):
+    """`train:`, the optimization of every run (defaults: the reference settings)."""
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    patience: int = Field(2, ge=0, description="epochs without a validation gain")
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+
+
+class PwiserSettings(_Section):
+    """`pwiser:`, the PWiseR term's constructor arguments (unset: the models' defaults)."""
+
+    pwiser_weight: Optional[float] = Field(None, ge=0)
+    margin_click: Optional[float] = Field(None, ge=0)
+    margin_nonclick: Optional[float] = Field(None, ge=0)
+    pwiser_head: Optional[str] = None
+    pwiser_scores: Optional[str] = None
+    squared: Optional[bool] = None
+    normalization: Optional[str] = None
+
+
+class SynthSettings(_Section):
+    """`synth:` of a dataset: arguments of `pwiser_tf.pipelines.synthesize`."""
+
+    dataset: Literal["aliexpress", "ali-ccp"] = "aliexpress"
+    rows: int = Field(200_000, ge=2)
+    seed: int = 0
+    test_fraction: Optional[float] = Field(None, gt=0, lt=1)
+    country: str = "nl"
+
+
+class DatasetSettings(_Section):
+    """One entry of `datasets:`: a converted directory, or synthetic data."""
+
+    data: Optional[str] = None
+    eval_data: Optional[str] = None
+    synth: Optional[SynthSettings] = None
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self):
+        if (self.data is None) == (self.synth is None):
+            raise ValueError("needs 'data: DIR' or 'synth: {...}' (one of them)")
+        return self
+
+
+class SweepSettings(_Section):
+    """`sweep:`, the grid of `pwiser-tf sweep`."""
+
+    model: str = "mmoe"
+    select: str = "ctcvr_auc"
+    pwiser_weight: List[float] = []
+    margin_click: List[float] = []
+    margin_nonclick: Optional[List[float]] = None
+    tie_margins: bool = True
+
+
+class Config(_Section):
+    """A whole configuration (`pwiser_tf/configs/*.yaml`)."""
+
+    title: str = "BCE vs PWiseR"
+    datasets: Dict[str, DatasetSettings] = {}
+    models: List[str] = []
+    losses: List[Literal["bce", "pwiser"]] = []
+    seeds: List[int] = []
+    train: TrainSettings = TrainSettings()
+    model: Dict[str, Any] = Field({}, description="every model's constructor arguments")
+    model_options: Dict[str, Dict[str, Any]] = {}
+    pwiser: PwiserSettings = PwiserSettings()
+    sweep: Optional[SweepSettings] = None
 
 
 def packaged(name: str) -> dict:
@@ -33,11 +123,14 @@ def packaged(name: str) -> dict:
 
 def load(path: str) -> dict:
     """Reads a YAML or JSON configuration file, with one clear error on failure."""
-    if not os.path.isfile(path):
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
         raise InputError(f"config file {path!r} not found")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+        with tf.io.gfile.GFile(path, "r") as f:
+            text = f.read()
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as err:
         raise InputError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
                          f"{str(err).splitlines()[0]}") from None
@@ -86,9 +179,76 @@ def resolve(base: dict, path: Optional[str] = None,
     return config
 
 
+def _strip_optional(node):
+    if typing.get_origin(node) is typing.Union:
+        return next(a for a in typing.get_args(node) if a is not type(None))
+    return node
+
+
+def _section_at(loc) -> Optional[type]:
+    """The settings class that holds the key at `loc` (a pydantic error location)."""
+    node: Any = Config
+    for part in loc:
+        node = _strip_optional(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if part not in node.model_fields:
+                return None
+            node = node.model_fields[part].annotation
+        elif typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]
+        else:
+            return None
+    node = _strip_optional(node)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _message(error: dict) -> str:
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        section = _section_at(error["loc"][:-1])
+        valid = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        prefix = ".".join(loc[:-1] + [""])
+        hint = (f"did you mean '{prefix}{close[0]}'?" if close
+                else f"valid keys{' of ' + prefix[:-1] if prefix else ''}: {', '.join(valid)}")
+        return f"unknown configuration key '{key}'; {hint}"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    text = f"configuration key '{key}': {message}"
+    if error["type"] not in ("missing", "value_error") and "input" in error:
+        text += f" (got {error['input']!r})"
+    if error["type"] == "list_type":
+        text += f"; write a list, e.g. {key}=[{error['input']}]"
+    return text
+
+
+def validate(config: dict) -> dict:
+    """Checks `config` against `Config`; returns it with its values coerced to their
+    types (`"1e-3"` to a float). Raises one `InputError` naming the first bad key."""
+    try:
+        checked = Config.model_validate(config)
+    except pydantic.ValidationError as err:
+        errors = err.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise InputError(_message(errors[0]) + more) from None
+    coerced = checked.model_dump(exclude_unset=True)
+    result = copy.deepcopy(config)
+    for section in ("train", "pwiser", "seeds", "sweep"):
+        if section in coerced and section in result:
+            result[section] = merge(result[section], coerced[section]) \
+                if isinstance(result[section], dict) else coerced[section]
+    return result
+
+
+def train_settings(config: dict) -> dict:
+    """The `train:` section with every setting, defaults filled in."""
+    return TrainSettings.model_validate(config.get("train") or {}).model_dump()
+
+
 def save(config: dict, path: str) -> None:
-    """Writes a configuration as YAML, atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    os.replace(tmp, path)
+    """Writes a configuration as YAML, atomically (any `tf.io.gfile` filesystem)."""
+    from pwiser_tf import fileio
+
+    fileio.atomic_write(path, yaml.safe_dump(config, sort_keys=False))

@@ -6,12 +6,14 @@ signature. The labels are parsed from the same records, so predictions and
 labels stay aligned row by row.
 """
 import csv
+import io
 import os
 from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from pwiser_tf import fileio
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.schema import Metadata, Schema
 
@@ -21,8 +23,8 @@ OUTPUTS = ("pctr", "pcvr", "pctcvr")
 
 def saved_model_path(model_dir: str) -> str:
     """Accepts a `train` output directory or the SavedModel directory itself."""
-    for candidate in (os.path.join(model_dir, SAVED_MODEL_DIR), model_dir):
-        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+    for candidate in (fileio.join(model_dir, SAVED_MODEL_DIR), model_dir):
+        if tf.io.gfile.exists(fileio.join(candidate, "saved_model.pb")):
             return candidate
     raise InputError(f"--model-dir {model_dir!r}: no SavedModel there "
                      f"(expected {os.path.join(model_dir, SAVED_MODEL_DIR, 'saved_model.pb')})")
@@ -50,9 +52,11 @@ def predict_split(model_dir: str, data_dir: str, split: str = "test",
     from pwiser_tf.pipelines.dataset import verify_split
 
     metadata = Metadata.load(data_dir)
+    if split in metadata.splits and (metadata.splits[split].counts or {}).get("rows") == 0:
+        raise InputError(f"{data_dir}: the {split!r} split has 0 rows; nothing to evaluate")
     files = verify_split(data_dir, split)  # every record metadata.json counts is there
-    trained = os.path.join(saved_model_path(model_dir), "assets.extra", "metadata.json")
-    if os.path.isfile(trained):
+    trained = fileio.join(saved_model_path(model_dir), "assets.extra", "metadata.json")
+    if tf.io.gfile.exists(trained):
         check_compatible(Metadata.load(os.path.dirname(trained)).schema, metadata.schema,
                          data_dir)
     serve = tf.saved_model.load(saved_model_path(model_dir)).signatures["serving_default"]
@@ -74,12 +78,22 @@ def predict_split(model_dir: str, data_dir: str, split: str = "test",
             {k: np.concatenate(v) if v else np.zeros([0]) for k, v in predictions.items()})
 
 
-def write_predictions(predictions: Dict[str, np.ndarray], path: str) -> None:
-    """One CSV row per example, in input order: pctr, pcvr, pctcvr (atomic write)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(OUTPUTS)
-        columns = np.stack([predictions[name] for name in OUTPUTS], axis=1)
-        writer.writerows(np.char.mod("%.7g", columns).tolist())
-    os.replace(tmp, path)
+def write_predictions(predictions: Dict[str, np.ndarray], path: str,
+                      argument: str = "--predictions") -> None:
+    """One CSV row per example, in input order: pctr, pcvr, pctcvr (atomic write).
+
+    A path that cannot be written (a directory, a missing or read-only folder)
+    raises one `InputError` naming `argument`; call `fileio.check_writable_file`
+    first to find out before scoring.
+    """
+    fileio.check_writable_file(path, argument)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(OUTPUTS)
+    columns = np.stack([predictions[name] for name in OUTPUTS], axis=1)
+    writer.writerows(np.char.mod("%.7g", columns).tolist())
+    try:
+        fileio.atomic_write(path, text.getvalue())
+    except (OSError, tf.errors.OpError) as err:
+        raise InputError(f"{argument} {path}: cannot write there "
+                         f"({getattr(err, 'strerror', None) or err})") from None

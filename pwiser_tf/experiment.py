@@ -1,25 +1,32 @@
 """The comparison grid: datasets x models x losses x seeds, resumable.
 
 Each cell is one `training.train_run` in its own directory
-`OUTPUT/runs/<dataset>/<model>/<loss>/seed<k>/`; a cell whose `metrics.json`
-exists is finished and is read back, not recomputed, so an interrupted grid
-resumes where it stopped. Datasets are named in the configuration:
+`OUTPUT/runs/<dataset>/<model>/<loss>/seed<k>/`, keyed by its fingerprint (the
+cell's resolved settings and its data's `metadata.json`): a finished cell with
+the same fingerprint is read back, not recomputed, so an interrupted grid
+resumes where it stopped; a cell whose settings or data changed is recomputed.
+`config.yaml`, `results.csv` and `report.md` are written together at the end,
+so they always describe the same grid. Datasets are named in the configuration:
 
     datasets:
       aliexpress-nl: {data: data/aliexpress_nl}            # converted directory
       aliexpress-fr: {data: data/fr_train, eval_data: data/fr_test}
       synthetic:     {synth: {dataset: aliexpress, rows: 200000, seed: 0}}
 
-A `synth` dataset is generated and converted under `OUTPUT/data/<name>/` once.
+A `synth` dataset is generated and converted under `OUTPUT/data/<name>/` once
+for its settings (`spec.json` records them; other settings generate it again).
 """
 import csv
+import io
 import itertools
 import math
 import os
 from typing import Dict, Iterable, List, Optional
 
+import tensorflow as tf
+
 from pwiser_tf import config as config_lib
-from pwiser_tf import training
+from pwiser_tf import fileio, training
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.schema import METADATA_FILE
 
@@ -32,9 +39,9 @@ def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = Tru
     converting synthetic data when the entry asks for it."""
     if not isinstance(spec, dict):
         raise InputError(f"dataset {name!r}: expected a mapping with 'data' or 'synth'")
-    if "data" in spec:
+    if spec.get("data") is not None:
         data = spec["data"]
-        if not os.path.isfile(os.path.join(data, METADATA_FILE)):
+        if not tf.io.gfile.exists(fileio.join(data, METADATA_FILE)):
             raise InputError(f"dataset {name!r}: {data!r} is not a converted directory "
                              f"(no {METADATA_FILE}); run `pwiser-tf convert` first")
         return {"data": data, "eval_data": spec.get("eval_data")}
@@ -44,10 +51,18 @@ def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = Tru
     from pwiser_tf.pipelines.convert import assign_splits, convert
 
     synth = dict(spec["synth"])
-    root = os.path.join(output_dir, "data", name)
-    converted = os.path.join(root, "tfrecords")
-    if not os.path.isfile(os.path.join(converted, METADATA_FILE)):
-        raw = os.path.join(root, "files")
+    root = fileio.join(output_dir, "data", name)
+    converted = fileio.join(root, "tfrecords")
+    recorded = fileio.join(root, "spec.json")
+    wanted = {"synth": synth, "validation_fraction": spec.get("validation_fraction", 0.1)}
+    if tf.io.gfile.exists(recorded) and fileio.read_json(recorded) != wanted:
+        tf.io.gfile.rmtree(root)  # generated with other settings: generate again
+    if not tf.io.gfile.exists(fileio.join(converted, METADATA_FILE)):
+        if tf.io.gfile.exists(root):
+            tf.io.gfile.rmtree(root)
+        tf.io.gfile.makedirs(root)
+        fileio.write_json(recorded, wanted)
+        raw = fileio.join(root, "files")
         kind = synth.pop("dataset", "aliexpress")
         written = synthesize(kind, int(synth.pop("rows", 200_000)), raw, **synth)
         inputs = written["convert_inputs"]
@@ -91,16 +106,16 @@ def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
         parts = [cell["dataset"], cell["model"], cell["loss"]]
         if cell.get("variant"):
             parts.append(cell["variant"])
-        run_dir = os.path.join(output_dir, "runs", *parts, f"seed{cell['seed']}")
+        run_dir = fileio.join(output_dir, "runs", *parts, f"seed{cell['seed']}")
         bar.set_postfix_str("/".join(parts[1:]) + f"/seed{cell['seed']}")
-        result = training.read_metrics(run_dir)
-        if result is None:
-            source = datasets[cell["dataset"]]
-            result = training.train_run(
-                source["data"], run_dir, cell["model"], cell["loss"], cell["seed"],
-                config_lib.merge(config, cell.get("overrides") or {}),
-                eval_data_dir=source.get("eval_data"), eval_split=eval_split,
-                progress=progress)
+        source = datasets[cell["dataset"]]
+        # A cell with the same fingerprint is read back; one with other settings
+        # (or other data) is recomputed.
+        result = training.train_run(
+            source["data"], run_dir, cell["model"], cell["loss"], cell["seed"],
+            config_lib.merge(config, cell.get("overrides") or {}),
+            eval_data_dir=source.get("eval_data"), eval_split=eval_split,
+            progress=progress, overwrite=True)
         rows.append({**{k: cell.get(k, "") for k in KEY_COLUMNS}, **result})
     return rows
 
@@ -108,13 +123,12 @@ def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
 def write_results(rows: List[dict], path: str) -> None:
     """Writes the result rows as CSV, atomically."""
     columns = list(KEY_COLUMNS) + sorted({k for row in rows for k in row} - set(KEY_COLUMNS))
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k, "")) for k in columns})
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k, "")) for k in columns})
+    fileio.atomic_write(path, text.getvalue())
 
 
 def _cell(value):
@@ -125,14 +139,16 @@ def run_experiment(config: dict, output_dir: str, progress: bool = True) -> List
     """Prepares the datasets, runs the grid and writes results.csv, report.md, plots."""
     from pwiser_tf import report
 
+    config = config_lib.validate(config)
     if not config.get("datasets"):
         raise InputError("the configuration lists no datasets")
-    os.makedirs(output_dir, exist_ok=True)
-    config_lib.save(config, os.path.join(output_dir, "config.yaml"))
     cells = grid(config)
-    datasets = {name: prepare_dataset(name, spec, output_dir, progress)
-                for name, spec in config["datasets"].items()}
-    rows = run_cells(cells, datasets, config, output_dir, progress)
-    write_results(rows, os.path.join(output_dir, RESULTS_FILE))
-    report.write_report(rows, output_dir, title=config.get("title", "BCE vs PWiseR"))
+    fileio.make_dirs(output_dir)
+    with fileio.exclusive_lock(output_dir, "experiment directory"):
+        datasets = {name: prepare_dataset(name, spec, output_dir, progress)
+                    for name, spec in config["datasets"].items()}
+        rows = run_cells(cells, datasets, config, output_dir, progress)
+        write_results(rows, fileio.join(output_dir, RESULTS_FILE))
+        report.write_report(rows, output_dir, title=config.get("title", "BCE vs PWiseR"))
+        config_lib.save(config, fileio.join(output_dir, "config.yaml"))
     return rows

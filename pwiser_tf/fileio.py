@@ -80,6 +80,37 @@ def read_json(path: str):
         return json.load(f)
 
 
+def make_dirs(path: str, argument: str = "--output") -> None:
+    """Creates the directory `path` for writing, or raises one `InputError` that names
+    `argument` and why: a file is in the way, or the place is not writable."""
+    path = os.fspath(path)
+    if gfile.exists(path) and not gfile.isdir(path):
+        raise InputError(f"{argument} {path}: is a file, not a directory")
+    try:
+        gfile.makedirs(path)
+        if is_local(path):  # probe: permissions and read-only filesystems
+            probe = temporary_name(os.path.join(path, ".probe"))
+            with open(probe, "w", encoding="utf-8"):
+                pass
+            os.remove(probe)
+    except (OSError, tf.errors.OpError) as err:
+        reason = getattr(err, "strerror", None) or getattr(err, "message", None) or str(err)
+        raise InputError(f"{argument} {path}: cannot create it or write there "
+                         f"({reason.splitlines()[0]})") from None
+
+
+def check_writable_file(path: str, argument: str) -> None:
+    """Raises one `InputError` naming `argument` unless a file can be written at
+    `path`: it must not be a directory, and its folder must exist and be writable."""
+    path = os.fspath(path)
+    if gfile.isdir(path):
+        raise InputError(f"{argument} {path}: is a directory; give a file name")
+    parent = os.path.dirname(path) or "."
+    if not gfile.isdir(parent):
+        raise InputError(f"{argument} {path}: the folder {parent} does not exist")
+    make_dirs(parent, argument)
+
+
 @contextlib.contextmanager
 def exclusive_lock(directory: str, what: str = "directory"):
     """Holds an exclusive lock on `directory` (created if missing) while the block runs.

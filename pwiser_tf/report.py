@@ -5,12 +5,14 @@ PWiseR side by side as mean ± std over seeds, their difference, and whether
 the difference is larger than the seed spread (|Δ| > std_BCE + std_PWiseR,
 a deliberately strict test: a gain below the spread is not a gain).
 """
+import io
 import math
-import os
 from collections import defaultdict
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from pwiser_tf import fileio
 
 TASKS = (("ctr_auc", "CTR AUC"), ("cvr_auc", "CVR AUC"), ("ctcvr_auc", "CTCVR AUC"))
 INTENT_TASKS = (("intent_auc", "pCTR vs intent AUC"),
@@ -80,13 +82,10 @@ def write_report(rows: List[dict], output_dir: str, title: str = "BCE vs PWiseR"
         text += [f"Training throughput: {speed[0]:,.0f} ± {speed[1]:,.0f} examples/s.", ""]
     for dataset in sorted({r["dataset"] for r in rows}):
         name = f"auc_{dataset}.png"
-        plot(rows, dataset, os.path.join(output_dir, name))
+        plot(rows, dataset, fileio.join(output_dir, name))
         text += [f"![{dataset}]({name})", ""]
     markdown = "\n".join(text)
-    tmp = os.path.join(output_dir, "report.md.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(markdown)
-    os.replace(tmp, os.path.join(output_dir, "report.md"))
+    fileio.atomic_write(fileio.join(output_dir, "report.md"), markdown)
     return markdown
 
 
@@ -118,7 +117,7 @@ def plot(rows: List[dict], dataset: str, path: str) -> None:
     axes[0][0].legend(loc="lower left")
     fig.suptitle(dataset)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
+    fileio.atomic_write(path, image.getvalue())

@@ -8,11 +8,10 @@ the observed-click AUC beside it: a strong PWiseR term may lower click AUC while
 it raises CTCVR / intent AUC.
 """
 import itertools
-import os
 from typing import List
 
 from pwiser_tf import config as config_lib
-from pwiser_tf import experiment
+from pwiser_tf import experiment, fileio
 from pwiser_tf.errors import InputError
 from pwiser_tf.report import summarize
 
@@ -46,22 +45,23 @@ def sweep_cells(config: dict) -> List[dict]:
 
 def run_sweep(config: dict, output_dir: str, progress: bool = True) -> str:
     """Runs the sweep; writes sweep.csv and sweep.md and returns the markdown."""
+    config = config_lib.validate(config)
     if not config.get("datasets"):
         raise InputError("the configuration lists no datasets")
-    os.makedirs(output_dir, exist_ok=True)
-    config_lib.save(config, os.path.join(output_dir, "config.yaml"))
-    name, spec = next(iter(config["datasets"].items()))
-    datasets = {name: experiment.prepare_dataset(name, spec, output_dir, progress)}
     cells = sweep_cells(config)
-    rows = experiment.run_cells(cells, datasets, config, output_dir, progress,
-                                eval_split="validation")
-    for row, cell in zip(rows, cells):
-        for key in ("pwiser_weight", "margin_click", "margin_nonclick"):
-            row[key] = cell.get(key, 0.0)
-    experiment.write_results(rows, os.path.join(output_dir, "sweep.csv"))
-    markdown = sweep_table(rows, (config.get("sweep") or {}).get("select", "ctcvr_auc"))
-    with open(os.path.join(output_dir, "sweep.md"), "w", encoding="utf-8") as f:
-        f.write(markdown)
+    fileio.make_dirs(output_dir)
+    with fileio.exclusive_lock(output_dir, "sweep directory"):
+        name, spec = next(iter(config["datasets"].items()))
+        datasets = {name: experiment.prepare_dataset(name, spec, output_dir, progress)}
+        rows = experiment.run_cells(cells, datasets, config, output_dir, progress,
+                                    eval_split="validation")
+        for row, cell in zip(rows, cells):
+            for key in ("pwiser_weight", "margin_click", "margin_nonclick"):
+                row[key] = cell.get(key, 0.0)
+        experiment.write_results(rows, fileio.join(output_dir, "sweep.csv"))
+        markdown = sweep_table(rows, (config.get("sweep") or {}).get("select", "ctcvr_auc"))
+        fileio.atomic_write(fileio.join(output_dir, "sweep.md"), markdown)
+        config_lib.save(config, fileio.join(output_dir, "config.yaml"))
     return markdown
 
 

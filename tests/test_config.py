@@ -61,3 +61,36 @@ def test_own_data_or_config_start_from_the_reference_settings(tmp_path):
         assert config["train"]["learning_rate"] == 1e-3 and config["train"]["epochs"] == 3
     sweep = resolve_config(args(data="d"), "sweep", {})
     assert sweep["sweep"]["model"] == "mmoe" and sweep["model"] == {}
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("train.learnin_rate=0.5", "unknown configuration key 'train.learnin_rate'; did you mean "
+                               "'train.learning_rate'?"),
+    ("train.patiense=3", "did you mean 'train.patience'?"),
+    ("train.epoch=3", "did you mean 'train.epochs'?"),
+    ("trian={epochs: 3}", "unknown configuration key 'trian'; did you mean 'train'?"),
+    ("pwiser.pwiser_wieght=1", "did you mean 'pwiser.pwiser_weight'?"),
+    ("train.batch_size=abc", "'train.batch_size': Input should be a valid integer"),
+    ("train.epochs=0", "'train.epochs': Input should be greater than or equal to 1"),
+    ("models=mmoe", "'models': Input should be a valid list (got 'mmoe'); write a list, "
+                    "e.g. models=[mmoe]"),
+    ("losses=[bce, focal]", "'losses.1': Input should be 'bce' or 'pwiser'"),
+    ("datasets={d: {}}", "'datasets.d': needs 'data: DIR' or 'synth: {...}'"),
+])
+def test_configs_are_validated(assignment, message):
+    """Unknown keys name the nearest valid key; types and ranges are checked."""
+    cfg = config.resolve(config.packaged("default"), overrides=[assignment])
+    with pytest.raises(InputError) as err:
+        config.validate(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_packaged_config_is_valid_and_values_are_coerced():
+    for name in ("base", "default", "paper", "sweep"):
+        assert config.validate(config.packaged(name)) == config.packaged(name)
+    cfg = config.resolve(config.packaged("base"), overrides=["train.learning_rate=1e-3"])
+    assert cfg["train"]["learning_rate"] == "1e-3"  # YAML 1.1 reads this as a string
+    assert config.validate(cfg)["train"]["learning_rate"] == 0.001
+    assert config.train_settings({"train": {"epochs": 3}}) == {
+        "epochs": 3, "batch_size": 2048, "patience": 2, "learning_rate": 1e-3,
+        "weight_decay": 1e-6}

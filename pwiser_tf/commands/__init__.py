@@ -47,7 +47,7 @@ def resolve_config(args, builtin: str, flags: dict) -> dict:
             config_lib.override(config, f"{key}={json.dumps(value)}")
     for assignment in args.set:
         config_lib.override(config, assignment)
-    return config
+    return config_lib.validate(config)
 
 
 def csv_list(kind):

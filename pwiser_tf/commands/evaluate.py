@@ -16,10 +16,12 @@ def add_arguments(parser):
 
 
 def run(args):
-    from pwiser_tf import evaluation, metrics
+    from pwiser_tf import evaluation, fileio, metrics
 
     if args.batch_size <= 0:
         raise InputError(f"--batch-size {args.batch_size}: must be positive")
+    if args.predictions:  # before the scoring, not after it
+        fileio.check_writable_file(args.predictions, "--predictions")
     labels, predictions = evaluation.predict_split(args.model_dir, args.data, args.split,
                                                    args.batch_size)
     if args.predictions:

@@ -21,6 +21,9 @@ def add_arguments(parser):
     parser.add_argument("--margin-click", type=float)
     parser.add_argument("--margin-nonclick", type=float)
     parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run with other settings in DIR (only once the new "
+                             "run has finished; until then the old result stays)")
     add_config_arguments(parser)
 
 
@@ -34,6 +37,6 @@ def run(args):
         "pwiser.margin_nonclick": args.margin_nonclick})
     result = training.train_run(args.data, args.output, args.model, args.loss, args.seed,
                                 config, eval_data_dir=args.eval_data,
-                                progress=progress_enabled(args))
+                                progress=progress_enabled(args), overwrite=args.overwrite)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
