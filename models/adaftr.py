@@ -10,8 +10,13 @@ instance's InfoNCE temperature:
 
 The loss is the task BCEs + `contrastive_weight` * L_CL. The published text
 leaves the parts below open; each is an argument with the default named.
+
+Ablations (`configs/adaftr_ablation.yaml`, docs/adaftr_ablation.md):
+`contrastive_weight=0` is the base model (the same MMoE with a CTR and a CVR
+tower, no contrastive term), and `temperature="fixed"` replaces the per-instance
+temperature with one constant.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 
@@ -22,6 +27,7 @@ from pwiser_tf.models.networks import MMoE
 
 NEGATIVES = ("batch", "random")
 CVR_LOSSES = ("ctcvr", "cvr")
+TEMPERATURES = ("adaptive", "fixed")
 
 
 class AdaFTR(MMoE):
@@ -40,6 +46,11 @@ class AdaFTR(MMoE):
         the towers.
       cvr_loss: `ctcvr` (BCE of pCTCVR over all exposures, ESMM style) or `cvr`
         (BCE of pCVR over clicked exposures).
+      temperature: `adaptive` (the paper's: per instance, from MLP_r) or `fixed`
+        (one constant, `fixed_temperature`, for every instance; no MLP_r).
+      fixed_temperature: the constant of `temperature="fixed"`; default
+        (tau_min + tau_max) / 2, where the adaptive temperature starts (MLP_r's
+        output near 0 at initialisation).
       **kwargs: the options of `MMoE`.
     """
 
@@ -48,6 +59,7 @@ class AdaFTR(MMoE):
                  projection_units: Sequence[int] = (),
                  relatedness_units: Sequence[int] = (64,),
                  relatedness_stop_gradient: bool = False, cvr_loss: str = "ctcvr",
+                 temperature: str = "adaptive", fixed_temperature: Optional[float] = None,
                  **kwargs):
         if not 0 < tau_min < tau_max:
             raise InputError(f"need 0 < tau_min < tau_max, got {tau_min}, {tau_max}")
@@ -55,6 +67,13 @@ class AdaFTR(MMoE):
             raise InputError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
         if cvr_loss not in CVR_LOSSES:
             raise InputError(f"cvr_loss must be one of {CVR_LOSSES}, got {cvr_loss!r}")
+        if temperature not in TEMPERATURES:
+            raise InputError(f"temperature must be one of {TEMPERATURES}, "
+                             f"got {temperature!r}")
+        if fixed_temperature is None:
+            fixed_temperature = (tau_min + tau_max) / 2
+        if fixed_temperature <= 0:
+            raise InputError(f"fixed_temperature must be > 0, got {fixed_temperature}")
         super().__init__(schema, extra_weights={"contrastive": contrastive_weight},
                          bce_heads=("ctr", cvr_loss), **kwargs)
         self._init_config.update(options(locals()))
@@ -63,10 +82,13 @@ class AdaFTR(MMoE):
         self.projection = (MLP(check_units(projection_units, "projection_units"),
                                dropout=0.0, batch_norm=False, name="projection")
                            if projection_units else None)
-        relatedness = [tf.keras.layers.Dense(u, activation="relu")
-                       for u in check_units(relatedness_units, "relatedness_units")]
-        self.relatedness = tf.keras.Sequential(
-            relatedness + [tf.keras.layers.Dense(1)], name="relatedness")
+        self.temperature_mode, self.fixed_temperature = temperature, float(fixed_temperature)
+        relatedness = [tf.keras.layers.Dense(u, activation="relu", name=f"relatedness_{i}")
+                       for i, u in enumerate(check_units(relatedness_units,
+                                                         "relatedness_units"))]
+        relatedness.append(tf.keras.layers.Dense(1, name="relatedness_out"))
+        self.relatedness = (tf.keras.Sequential(relatedness, name="relatedness")
+                            if temperature == "adaptive" else None)
 
     @property
     def cvr_tower(self):
@@ -78,6 +100,8 @@ class AdaFTR(MMoE):
         return tf.math.l2_normalize(z, axis=-1)
 
     def temperature(self, z_ctr, z_cvr):
+        if self.relatedness is None:  # temperature="fixed"
+            return tf.fill(tf.shape(z_ctr)[:1], self.fixed_temperature)
         pair = tf.concat([z_ctr, z_cvr], axis=-1)
         if self.relatedness_stop_gradient:
             pair = tf.stop_gradient(pair)

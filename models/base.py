@@ -35,11 +35,14 @@ class CtrCvrModel(tfrs.Model):
       dropout: dropout rate of every MLP block.
       batch_norm: batch norm in every MLP block.
       multi_valued_pooling: `mean` or `sum` of a multi-valued field's ids.
-      loss: `bce`, or `pwiser` for BCE + `pwiser_weight` * PWiseR.
+      loss: `bce` (the sum of the heads' BCE terms), or `pwiser` for that sum
+        + `pwiser_weight` * PWiseR: BCE(ctr) + BCE(ctcvr) + lambda * PWiseR, the
+        loss of a two-headed Keras model compiled with `PWiseRLoss(pwiser_weight=
+        lambda)` on its CTR output and `binary_crossentropy` on its CTCVR output.
       pwiser_weight, pwiser_head, pwiser_scores, margin_click, margin_nonclick,
       squared, normalization: PWiseR's options (`CtrCvrTask`); used with
         `loss="pwiser"`, and a `pwiser_weight` of 0 turns the term off.
-      task_weights: weights of the BCE terms (default: their mean).
+      task_weights: weights of the BCE terms (default: 1 each).
       auc_num_thresholds, auc_logit_scale: buckets of the streaming AUCs.
       extra_weights: set by subclasses: their own loss terms, name -> weight.
       bce_heads: set by subclasses: the heads with a BCE term (default CTR and

@@ -5,9 +5,16 @@ Like a TFRS task, it owns the loss and the metrics. The loss is
     sum_h task_weight_h * BCE_h  +  pwiser_weight * PWiseR(head)  +  sum_e weight_e * extra_e
 
 where the BCE heads are the model's (`ctr` and `ctcvr` over all exposures by
-default; a `cvr` head counts clicked exposures only), PWiseR acts on one head
-(`ctr` by default) and the extras are a model's own terms (AITM's calibrator,
-AdaFTR's contrastive term, ESCM2's counterfactual risk). Each part is reported,
+default; a `cvr` head counts clicked exposures only), each of weight 1 by default,
+PWiseR acts on one head (`ctr` by default) and the extras are a model's own terms
+(AITM's calibrator, AdaFTR's contrastive term, ESCM2's counterfactual risk).
+
+The PWiseR term is computed by a `pwiser_tf.PWiseRLoss` (`task.pwiser_loss`), and
+the BCE terms are summed, so lambda means what it means in Keras: a two-headed
+model compiled with `loss={"ctr": PWiseRLoss(pwiser_weight=lam), "ctcvr":
+"binary_crossentropy"}` trains on BCE(ctr) + BCE(ctcvr) + lam * PWiseR(pCTR), the
+same loss as this task with `pwiser_weight=lam` (`tests/test_losses.py` checks
+that their gradients agree). Each part is reported,
 unweighted, as the metric `<part>_loss`; `ctr_auc`, `ctcvr_auc` (all exposures),
 `cvr_auc` (clicked exposures only) and the three `*_logloss` are reported too.
 A label below 0 marks a missing label: that exposure leaves every term.
@@ -18,20 +25,14 @@ import tensorflow as tf
 
 from pwiser_tf import kernel
 from pwiser_tf.errors import InputError
+from pwiser_tf.losses import SCORES, PWiseRLoss, binary_crossentropy, logit
 
 HEADS = ("ctr", "cvr", "ctcvr")
-SCORES = ("probability", "logit")
-_EPS = 1e-7
 
 # PWiseR's strength and margins: the kernel's defaults (tuned by `pwiser-tf sweep`).
 PWISER_DEFAULTS = {"pwiser_weight": kernel.PWISER_WEIGHT,
                    "margin_click": kernel.MARGIN_CLICK,
                    "margin_nonclick": kernel.MARGIN_NONCLICK}
-
-
-def logit(probability):
-    p = tf.clip_by_value(probability, _EPS, 1.0 - _EPS)
-    return tf.math.log(p) - tf.math.log1p(-p)
 
 
 class AUC(tf.keras.metrics.AUC):
@@ -57,11 +58,6 @@ class AUC(tf.keras.metrics.AUC):
         return config
 
 
-def binary_crossentropy(labels, probabilities):
-    p = tf.clip_by_value(probabilities, _EPS, 1.0 - _EPS)
-    return -(labels * tf.math.log(p) + (1.0 - labels) * tf.math.log1p(-p))
-
-
 def weighted_mean(values, weights):
     return tf.math.divide_no_nan(tf.reduce_sum(values * weights), tf.reduce_sum(weights))
 
@@ -84,8 +80,10 @@ class CtrCvrTask(tf.keras.layers.Layer):
 
     Args:
       bce_heads: heads with a BCE term, e.g. `("ctr", "ctcvr")`.
-      task_weights: weight of each BCE term (default: their mean).
-      pwiser_weight: strength of the PWiseR term; 0 turns it off.
+      task_weights: weight of each BCE term (default: 1 each, their sum, as
+        Keras sums the losses of a model's outputs).
+      pwiser_weight: lambda, the weight of the PWiseR term next to BCE terms of
+        weight 1; 0 turns it off.
       pwiser_head: the head PWiseR acts on: `ctr`, `ctcvr` or `cvr`.
       pwiser_scores: `probability` (the paper's) or `logit`.
       margin_click, margin_nonclick, squared, normalization: PWiseR's options
@@ -100,7 +98,7 @@ class CtrCvrTask(tf.keras.layers.Layer):
     >>> predictions = {"ctr": tf.constant([.8, .2]), "cvr": tf.constant([.5, .5]),
     ...                "ctcvr": tf.constant([.4, .1])}
     >>> round(float(task(labels, predictions)), 4)
-    0.367
+    0.734
     """
 
     def __init__(self, bce_heads: Sequence[str] = ("ctr", "ctcvr"),
@@ -118,7 +116,7 @@ class CtrCvrTask(tf.keras.layers.Layer):
         for head in self.bce_heads:
             _check_choice("a BCE head", head, HEADS)
         if task_weights is None:
-            task_weights = [1.0 / len(self.bce_heads)] * len(self.bce_heads)
+            task_weights = [1.0] * len(self.bce_heads)
         self.task_weights = tuple(float(w) for w in task_weights)
         if len(self.task_weights) != len(self.bce_heads):
             raise InputError(f"task_weights {self.task_weights} must give one weight per "
@@ -135,6 +133,13 @@ class CtrCvrTask(tf.keras.layers.Layer):
         self.squared, self.normalization = bool(squared), normalization
         self.extra_weights = {k: float(v) for k, v in (extra_weights or {}).items()}
         self.auc_num_thresholds, self.auc_logit_scale = auc_num_thresholds, auc_logit_scale
+        # The PWiseR term: the same loss class a Keras `compile` uses (`bce=False`:
+        # the BCE terms are the task's own, one per head).
+        self.pwiser_loss = PWiseRLoss(
+            pwiser_weight=self.pwiser_weight, margin_click=self.margin_click,
+            margin_nonclick=self.margin_nonclick, squared=self.squared,
+            normalization=normalization, pwiser_scores=pwiser_scores, bce=False,
+            name="pwiser")
 
         self.aucs = {head: AUC(auc_num_thresholds, auc_logit_scale, name=f"{head}_auc")
                      for head in ("ctr", "ctcvr", "cvr")}
@@ -149,13 +154,8 @@ class CtrCvrTask(tf.keras.layers.Layer):
         return {"ctr": "click", "ctcvr": "conversion", "cvr": "conversion"}
 
     def _pwiser(self, labels, predictions):
-        scores = predictions[self.pwiser_head]
-        if self.pwiser_scores == "logit":
-            scores = logit(scores)
-        return kernel.pwiser(scores, labels["click"], labels["conversion"],
-                             margin_click=self.margin_click,
-                             margin_nonclick=self.margin_nonclick,
-                             squared=self.squared, normalization=self.normalization)
+        packed = tf.stack([labels["click"], labels["conversion"]], axis=1)
+        return self.pwiser_loss.pwiser_term(packed, predictions[self.pwiser_head])
 
     def call(self, labels, predictions, extras: Optional[Mapping[str, tf.Tensor]] = None,
              training=False):
@@ -171,7 +171,7 @@ class CtrCvrTask(tf.keras.layers.Layer):
         loss = tf.add_n([w * terms[h] for h, w in zip(self.bce_heads, self.task_weights)])
         if self.pwiser_weight:
             terms["pwiser"] = self._pwiser(labels, predictions)
-            loss += self.pwiser_weight * terms["pwiser"]
+            loss += self.pwiser_loss.pwiser_weight * terms["pwiser"]
         for name, weight in self.extra_weights.items():
             terms[name] = extras[name]
             loss += weight * terms[name]

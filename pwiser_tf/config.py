@@ -86,15 +86,33 @@ class DatasetSettings(_Section):
         return self
 
 
+class SweepCentre(_Section):
+    """`sweep.centre:`, where the axis-by-axis sweep starts."""
+
+    pwiser_weight: float = Field(1.0, ge=0)
+    margin: float = Field(0.1, ge=0)
+    pwiser_head: Literal["ctr", "ctcvr", "cvr"] = "ctr"
+    pwiser_scores: Literal["probability", "logit"] = "probability"
+    normalization: Literal["anchor", "pair"] = "anchor"
+
+
+class SweepAxes(_Section):
+    """`sweep.axes:`, the values of each axis, swept in the order given."""
+
+    margin: Optional[List[float]] = None
+    pwiser_head: Optional[List[Literal["ctr", "ctcvr", "cvr"]]] = None
+    pwiser_scores: Optional[List[Literal["probability", "logit"]]] = None
+    normalization: Optional[List[Literal["anchor", "pair"]]] = None
+    pwiser_weight: Optional[List[float]] = None
+
+
 class SweepSettings(_Section):
-    """`sweep:`, the grid of `pwiser-tf sweep`."""
+    """`sweep:`, the design of `pwiser-tf sweep` (`pwiser_tf.sweep`)."""
 
     model: str = "mmoe"
     select: str = "ctcvr_auc"
-    pwiser_weight: List[float] = []
-    margin_click: List[float] = []
-    margin_nonclick: Optional[List[float]] = None
-    tie_margins: bool = True
+    centre: SweepCentre = SweepCentre()
+    axes: SweepAxes = SweepAxes()
 
 
 class Config(_Section):
@@ -110,6 +128,10 @@ class Config(_Section):
     model_options: Dict[str, Dict[str, Any]] = {}
     pwiser: PwiserSettings = PwiserSettings()
     sweep: Optional[SweepSettings] = None
+    variants: Optional[Dict[str, Optional[Dict[str, Any]]]] = Field(
+        None, description="name -> a partial configuration: one arm per (loss, variant)")
+    baseline: Optional[str] = Field(None, description="the arm the others are compared "
+                                                      "with (default bce)")
 
 
 def packaged(name: str) -> dict:

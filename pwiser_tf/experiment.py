@@ -15,6 +15,20 @@ so they always describe the same grid. Datasets are named in the configuration:
 
 A `synth` dataset is generated and converted under `OUTPUT/data/<name>/` once
 for its settings (`spec.json` records them; other settings generate it again).
+
+Named variants make an ablation grid: each variant is a partial configuration
+merged over the rest, and each (loss, variant) is an arm, named `loss/variant`.
+`baseline` names the arm the others are compared with (default `bce`):
+
+    models: [adaftr]
+    losses: [bce]
+    variants:
+      base: {model_options: {adaftr: {contrastive_weight: 0.0}}}
+      adaptive: {}
+    baseline: bce/base
+
+Every arm of one seed starts from the same initial weights and data order (the
+seed sets both), so `report.md` and `results.csv` compare the arms pairwise.
 """
 import csv
 import io
@@ -84,9 +98,25 @@ def grid(config: dict) -> List[dict]:
         training.check_choice("model", model, names)
     for loss in config["losses"]:
         training.check_choice("loss", loss, training.LOSSES)
-    return [{"dataset": d, "model": m, "loss": l, "seed": int(s), "variant": ""}
-            for d, m, l, s in itertools.product(config["datasets"], config["models"],
-                                                config["losses"], config["seeds"])]
+    variants = config.get("variants") or {"": {}}
+    if not isinstance(variants, dict) or not all(
+            isinstance(v, dict) or v is None for v in variants.values()):
+        raise InputError("variants must map each variant name to a partial configuration")
+    cells = [{"dataset": d, "model": m, "loss": l, "seed": int(s), "variant": str(v),
+              "overrides": variants[v] or {}}
+             for d, m, l, v, s in itertools.product(config["datasets"], config["models"],
+                                                    config["losses"], variants,
+                                                    config["seeds"])]
+    arms = sorted({l + (f"/{v}" if v else "") for l in config["losses"] for v in variants})
+    if baseline(config) not in arms:
+        raise InputError(f"baseline {baseline(config)!r} is not an arm of the grid; "
+                         f"choose one of: {', '.join(arms)}")
+    return cells
+
+
+def baseline(config: dict) -> str:
+    """The arm the others are compared with: `baseline`, by default `bce`."""
+    return str(config.get("baseline") or "bce")
 
 
 def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
@@ -121,7 +151,10 @@ def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
 
 
 def write_results(rows: List[dict], path: str) -> None:
-    """Writes the result rows as CSV, atomically."""
+    """Writes the result rows as CSV, atomically: one row per run; the experiment
+    adds the paired statistics (`report.paired_columns`) to each treatment run."""
+    rows = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))}
+            for row in rows]  # histograms stay in each run's metrics.json
     columns = list(KEY_COLUMNS) + sorted({k for row in rows for k in row} - set(KEY_COLUMNS))
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
@@ -148,7 +181,9 @@ def run_experiment(config: dict, output_dir: str, progress: bool = True) -> List
         datasets = {name: prepare_dataset(name, spec, output_dir, progress)
                     for name, spec in config["datasets"].items()}
         rows = run_cells(cells, datasets, config, output_dir, progress)
-        write_results(rows, fileio.join(output_dir, RESULTS_FILE))
-        report.write_report(rows, output_dir, title=config.get("title", "BCE vs PWiseR"))
+        write_results(report.paired_columns(rows, baseline=baseline(config)),
+                      fileio.join(output_dir, RESULTS_FILE))
+        report.write_report(rows, output_dir, title=config.get("title", "BCE vs PWiseR"),
+                            baseline=baseline(config))
         config_lib.save(config, fileio.join(output_dir, "config.yaml"))
     return rows

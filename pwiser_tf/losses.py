@@ -1,5 +1,12 @@
 """`PWiseRLoss`: BCE on the click label plus lambda times the PWiseR term, as a Keras loss.
 
+The convention, the same in every path of the project: lambda (`pwiser_weight`)
+multiplies the PWiseR term, and every BCE term has weight 1. A two-headed model
+compiled with `loss={"ctr": PWiseRLoss(pwiser_weight=lam), "ctcvr": "binary_crossentropy"}`
+trains on BCE(ctr) + BCE(ctcvr) + lam * PWiseR (Keras sums the outputs' losses),
+and so does every model of `pwiser_tf.models` (its task, `CtrCvrTask`, uses this
+class for the PWiseR term): the same lambda means the same strength.
+
 The class derives from the *active* Keras' `Loss` (`tf.keras.losses.Loss`: Keras 3,
 or tf-keras under `TF_USE_LEGACY_KERAS=1`), so the same code works in Keras 3
 `model.compile`, in tf-keras `model.compile` and in `tfrs.tasks.Ranking`.
@@ -35,12 +42,26 @@ SCORES = ("probability", "logit")
 _EPSILON = 1e-7
 
 
+def logit(probability):
+    """log(p / (1 - p)), with p clipped to [1e-7, 1 - 1e-7]."""
+    p = tf.clip_by_value(tf.cast(probability, tf.float32), _EPSILON, 1.0 - _EPSILON)
+    return tf.math.log(p) - tf.math.log1p(-p)
+
+
+def binary_crossentropy(labels, probabilities):
+    """Per-example BCE of probabilities clipped to [1e-7, 1 - 1e-7]."""
+    p = tf.clip_by_value(probabilities, _EPSILON, 1.0 - _EPSILON)
+    return -(labels * tf.math.log(p) + (1.0 - labels) * tf.math.log1p(-p))
+
+
 @tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class PWiseRLoss(tf.keras.losses.Loss):
     """BCE(click, p) + `pwiser_weight` * PWiseR(p; click, conversion).
 
     Args:
-      pwiser_weight: lambda, the weight of the PWiseR term.
+      pwiser_weight: lambda, the weight of the PWiseR term relative to a BCE term
+        of weight 1 (see the module docstring). Default and margins: see
+        `pwiser_tf.kernel` for the data they were tuned on.
       margin_click: margin of converted clicks over clicks without conversion.
       margin_nonclick: margin of converted clicks over non-clicks.
       squared: squared hinge (default) or plain hinge.
@@ -94,8 +115,7 @@ class PWiseRLoss(tf.keras.losses.Loss):
         if self.from_logits:
             bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=y_pred)
         else:
-            p = tf.clip_by_value(y_pred, _EPSILON, 1.0 - _EPSILON)
-            bce = -(target * tf.math.log(p) + (1.0 - target) * tf.math.log(1.0 - p))
+            bce = binary_crossentropy(target, y_pred)
         return tf.where(click >= 0, bce, 0.0)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -105,20 +125,24 @@ class PWiseRLoss(tf.keras.losses.Loss):
             total = tf.zeros([], tf.float32)
         if not self.pwiser_weight:
             return total
+        term = self.pwiser_term(y_true, y_pred, sample_weight=sample_weight)
+        return tf.cast(total, tf.float32) + self.pwiser_weight * term
+
+    def pwiser_term(self, y_true, y_pred, sample_weight=None):
+        """The PWiseR term alone, unweighted by `pwiser_weight`, on the scores
+        `pwiser_scores` names (`CtrCvrTask` adds it to its BCE terms)."""
         click, conversion, y_pred = self._split(y_true, y_pred)
         scores = y_pred
         if self.from_logits and self.pwiser_scores == "probability":
             scores = tf.sigmoid(y_pred)
         elif not self.from_logits and self.pwiser_scores == "logit":
-            p = tf.clip_by_value(y_pred, _EPSILON, 1.0 - _EPSILON)
-            scores = tf.math.log(p) - tf.math.log1p(-p)
+            scores = logit(y_pred)
         if sample_weight is not None:
             sample_weight = tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-        term = kernel.pwiser(scores, click, conversion, margin_click=self.margin_click,
+        return kernel.pwiser(scores, click, conversion, margin_click=self.margin_click,
                              margin_nonclick=self.margin_nonclick, squared=self.squared,
                              normalization=self.normalization, sample_weight=sample_weight,
                              conversion_without_click=self.conversion_without_click)
-        return tf.cast(total, tf.float32) + self.pwiser_weight * term
 
     def get_config(self):
         config = super().get_config()
@@ -133,4 +157,4 @@ class PWiseRLoss(tf.keras.losses.Loss):
         return config
 
 
-__all__ = ["PWiseRLoss"]
+__all__ = ["PWiseRLoss", "binary_crossentropy", "logit"]

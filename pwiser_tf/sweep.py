@@ -1,87 +1,237 @@
-"""Sweeping the PWiseR weight and margins on one dataset.
+"""Sweeping PWiseR's settings on one dataset, axis by axis around a centre.
 
-Every (pwiser_weight, margin_click, margin_nonclick) setting trains one model per
-seed and is scored on the validation split, never on test, so choosing a
-setting does not peek at the evaluation data. The BCE runs of the same seeds are
-the baseline. `sweep.md` ranks the settings by the selection metric and shows
-the observed-click AUC beside it: a strong PWiseR term may lower click AUC while
-it raises CTCVR / intent AUC.
+The design is coordinate ascent, so the grid can be wide without being a full
+product: it starts from `sweep.centre` and sweeps one axis at a time, in the
+order of `sweep.axes`, with the other settings at the best point found so far;
+after each axis the best point (highest mean of `sweep.select` over the seeds)
+becomes the new centre. The axes:
+
+    margin          margin_click = margin_nonclick
+    pwiser_head     ctr, ctcvr or cvr
+    pwiser_scores   probability or logit
+    normalization   anchor or pair
+    pwiser_weight   lambda
+
+Every point trains one model per seed and is scored on the validation split,
+never on test, so choosing a setting does not peek at the evaluation data. The
+BCE runs of the same seeds are the baseline: each seed starts every point from
+the same weights and data order, so the table gives the paired difference to BCE.
+Selection is by `ctcvr_auc` by default (every dataset has it); `intent_auc` is
+an extra column on synthetic data only. `sweep.md` ranks the points, flags a chosen
+value at the edge of its axis, and embeds `sweep_lambda.png`: lambda against CTR,
+CTCVR and intent AUC, mean and 95% confidence band over the seeds, at the chosen
+other settings.
 """
-import itertools
-from typing import List
+import math
+from typing import Dict, List, Tuple
+
+import numpy as np
 
 from pwiser_tf import config as config_lib
 from pwiser_tf import experiment, fileio
 from pwiser_tf.errors import InputError
-from pwiser_tf.report import summarize
+from pwiser_tf.report import paired, save_figure, summarize, t_quantile
 
 SHOWN = ("ctcvr_auc", "ctr_auc", "cvr_auc", "intent_auc", "s3_s2_auc")
+PLOTTED = (("ctr_auc", "CTR AUC"), ("ctcvr_auc", "CTCVR AUC"), ("intent_auc", "intent AUC"))
+AXES = ("margin", "pwiser_head", "pwiser_scores", "normalization", "pwiser_weight")
+NUMERIC = ("margin", "pwiser_weight")
+CENTRE = {"pwiser_weight": 1.0, "margin": 0.1, "pwiser_head": "ctr",
+          "pwiser_scores": "probability", "normalization": "anchor"}
+FIGURE = "sweep_lambda.png"
 
 
-def sweep_cells(config: dict) -> List[dict]:
+def variant(point: dict) -> str:
+    """The run-directory name of a point."""
+    return (f"w{point['pwiser_weight']:g}_m{point['margin']:g}_{point['pwiser_head']}_"
+            f"{point['pwiser_scores']}_{point['normalization']}")
+
+
+def overrides(point: dict) -> dict:
+    """The configuration a point trains with."""
+    return {"pwiser": {"pwiser_weight": float(point["pwiser_weight"]),
+                       "margin_click": float(point["margin"]),
+                       "margin_nonclick": float(point["margin"]),
+                       "pwiser_head": point["pwiser_head"],
+                       "pwiser_scores": point["pwiser_scores"],
+                       "normalization": point["normalization"]}}
+
+
+def design(config: dict) -> Tuple[dict, List[Tuple[str, list]]]:
+    """The centre and the ordered axes `[(axis, values)]` of the configuration."""
     sweep = config.get("sweep") or {}
-    weights = sweep.get("pwiser_weight") or []
-    margins_click = sweep.get("margin_click") or []
-    margins_nonclick = sweep.get("margin_nonclick") or margins_click
-    if not weights or not margins_click:
-        raise InputError("sweep needs sweep.pwiser_weight and sweep.margin_click lists")
-    dataset = next(iter(config["datasets"]))
-    model = sweep.get("model", "mmoe")
-    seeds = [int(s) for s in config.get("seeds", [0])]
-    cells = [{"dataset": dataset, "model": model, "loss": "bce", "seed": s, "variant": ""}
-             for s in seeds]
-    tied = sweep.get("tie_margins", True)
-    pairs = (zip(margins_click, margins_nonclick) if tied
-             else itertools.product(margins_click, margins_nonclick))
-    for weight, (m1, m2), seed in itertools.product(weights, list(pairs), seeds):
-        cells.append({"dataset": dataset, "model": model, "loss": "pwiser", "seed": seed,
-                      "variant": f"w{weight:g}_m{m1:g}_{m2:g}",
-                      "overrides": {"pwiser": {"pwiser_weight": float(weight),
-                                               "margin_click": float(m1),
-                                               "margin_nonclick": float(m2)}},
-                      "pwiser_weight": weight, "margin_click": m1, "margin_nonclick": m2})
-    return cells
+    centre = dict(CENTRE, **(sweep.get("centre") or {}))
+    axes = sweep.get("axes") or {}
+    if not isinstance(axes, dict) or not axes:
+        raise InputError("sweep needs sweep.axes: a mapping of axis -> list of values "
+                         f"(axes: {', '.join(AXES)})")
+    ordered = []
+    for axis, values in axes.items():
+        if axis not in AXES:
+            raise InputError(f"sweep.axes: unknown axis {axis!r}; choose from {', '.join(AXES)}")
+        if not isinstance(values, list) or not values:
+            raise InputError(f"sweep.axes.{axis}: expected a non-empty list of values")
+        if axis in NUMERIC:
+            values = [float(v) for v in values]
+        ordered.append((axis, values))
+    return centre, ordered
+
+
+def select(rows: List[dict], metric: str) -> Tuple[str, float]:
+    """The variant with the highest mean `metric` over its seeds, and that mean."""
+    groups: Dict[str, List[float]] = {}
+    for row in rows:
+        groups.setdefault(row["variant"], []).append(row.get(metric))
+    scored = [(summarize(v)[0], k) for k, v in groups.items() if summarize(v)[2]]
+    if not scored:
+        raise InputError(f"sweep.select: no run reported {metric!r}")
+    best, name = max(scored)
+    return name, best
 
 
 def run_sweep(config: dict, output_dir: str, progress: bool = True) -> str:
-    """Runs the sweep; writes sweep.csv and sweep.md and returns the markdown."""
+    """Runs the sweep; writes sweep.csv, sweep.md and the figure; returns the markdown."""
+    from pwiser_tf import report
+
     config = config_lib.validate(config)
     if not config.get("datasets"):
         raise InputError("the configuration lists no datasets")
-    cells = sweep_cells(config)
+    metric = (config.get("sweep") or {}).get("select", "ctcvr_auc")
+    centre, axes = design(config)
+    model = (config.get("sweep") or {}).get("model", "mmoe")
+    seeds = [int(s) for s in config.get("seeds", [0])]
     fileio.make_dirs(output_dir)
     with fileio.exclusive_lock(output_dir, "sweep directory"):
         name, spec = next(iter(config["datasets"].items()))
         datasets = {name: experiment.prepare_dataset(name, spec, output_dir, progress)}
-        rows = experiment.run_cells(cells, datasets, config, output_dir, progress,
-                                    eval_split="validation")
-        for row, cell in zip(rows, cells):
-            for key in ("pwiser_weight", "margin_click", "margin_nonclick"):
-                row[key] = cell.get(key, 0.0)
-        experiment.write_results(rows, fileio.join(output_dir, "sweep.csv"))
-        markdown = sweep_table(rows, (config.get("sweep") or {}).get("select", "ctcvr_auc"))
+
+        def run(points):
+            cells = [{"dataset": name, "model": model, "loss": "pwiser", "seed": seed,
+                      "variant": variant(p), "overrides": overrides(p)}
+                     for p in points for seed in seeds]
+            rows = experiment.run_cells(cells, datasets, config, output_dir, progress,
+                                        eval_split="validation")
+            by_name = {variant(p): p for p in points}
+            for row in rows:
+                row.update(by_name[row["variant"]])
+            return rows
+
+        baseline = experiment.run_cells(
+            [{"dataset": name, "model": model, "loss": "bce", "seed": s, "variant": ""}
+             for s in seeds], datasets, config, output_dir, progress,
+            eval_split="validation")
+        current, stages, rows = dict(centre), [], {}
+        for axis, values in axes:
+            points = [dict(current, **{axis: v}) for v in values]
+            stage_rows = run(points)
+            rows.update({(r["variant"], r["seed"]): r for r in stage_rows})
+            best, _ = select(stage_rows, metric)
+            current = next(p for p in points if variant(p) == best)
+            stages.append({"axis": axis, "values": values, "chosen": current[axis],
+                           "rows": stage_rows})
+        all_rows = baseline + list(rows.values())
+        experiment.write_results(report.paired_columns(all_rows),
+                                 fileio.join(output_dir, "sweep.csv"))
+        lam = next((s for s in stages if s["axis"] == "pwiser_weight"), None)
+        if lam:
+            plot_lambda(lam["rows"], baseline, fileio.join(output_dir, FIGURE))
+        markdown = sweep_report(baseline, list(rows.values()), stages, current, metric,
+                                FIGURE if lam else None)
         fileio.atomic_write(fileio.join(output_dir, "sweep.md"), markdown)
         config_lib.save(config, fileio.join(output_dir, "config.yaml"))
     return markdown
 
 
-def sweep_table(rows: List[dict], select: str) -> str:
-    groups = {}
+def _by_seed(rows: List[dict], key: str) -> Dict[int, float]:
+    return {int(r["seed"]): r.get(key) for r in rows}
+
+
+def _point_text(point: dict) -> str:
+    return (f"pwiser_weight={point['pwiser_weight']:g}, margin={point['margin']:g}, "
+            f"pwiser_head={point['pwiser_head']}, pwiser_scores={point['pwiser_scores']}, "
+            f"normalization={point['normalization']}")
+
+
+def sweep_report(baseline: List[dict], rows: List[dict], stages: List[dict], chosen: dict,
+                 metric: str, figure=None) -> str:
+    """The markdown of a sweep: the chosen point, the path to it, the ranked points."""
+    shown = [k for k in SHOWN if any(k in r for r in rows + baseline)]
+    lines = [f"# PWiseR sweep (validation split, selected by {metric})", "",
+             f"Chosen: {_point_text(chosen)}.", ""]
+    for stage in stages:
+        values = stage["values"]
+        lines.append(f"- {stage['axis']}: swept {', '.join(map(_value, values))}; "
+                     f"chosen {_value(stage['chosen'])}")
+        if (stage["axis"] in NUMERIC and len(values) > 2
+                and stage["chosen"] in (min(values), max(values))):
+            lines[-1] += " (**at the edge of the axis**: widen it)"
+    base_by_seed = {k: _by_seed(baseline, k) for k in shown}
+    groups: Dict[str, List[dict]] = {}
     for row in rows:
-        groups.setdefault((row["loss"], row["variant"]), []).append(row)
-    shown = [k for k in SHOWN if any(k in r for r in rows)]
-    stats = []
-    for (loss, variant), members in groups.items():
-        first = members[0]
-        stats.append((loss, first.get("pwiser_weight", 0.0), first.get("margin_click", 0.0),
-                      first.get("margin_nonclick", 0.0),
-                      {k: summarize([m.get(k) for m in members]) for k in shown}))
-    stats.sort(key=lambda s: -s[4][select][0] if s[4][select][2] else 0.0)
-    lines = [f"# PWiseR sweep (validation split, ranked by {select})", "",
-             "| loss | pwiser_weight | margin_click | margin_nonclick | "
-             + " | ".join(shown) + " |",
-             "|---|---|---|---|" + "---|" * len(shown)]
-    for loss, weight, m1, m2, s in stats:
-        cells = " | ".join(f"{s[k][0]:.4f} ± {s[k][1]:.4f}" for k in shown)
-        lines.append(f"| {loss} | {weight:g} | {m1:g} | {m2:g} | {cells} |")
+        groups.setdefault(row["variant"], []).append(row)
+    ranked = sorted(groups.values(),
+                    key=lambda m: -summarize([r.get(metric) for r in m])[0]
+                    if summarize([r.get(metric) for r in m])[2] else math.inf)
+    lines += ["", f"Mean ± std over seeds; Δ {metric}: paired mean difference to BCE of the "
+              "same seed, with its 95% confidence interval and the seeds where PWiseR wins.",
+              "", "| pwiser_weight | margin | head | scores | normalization | "
+              + " | ".join(shown) + f" | Δ {metric} (95% CI) | wins |",
+              "|---|---|---|---|---|" + "---|" * (len(shown) + 2)]
+    bce_cells = " | ".join(_fmt(summarize([r.get(k) for r in baseline])) for k in shown)
+    lines.append(f"| BCE | | | | | {bce_cells} | | |")
+    for members in ranked:
+        p = members[0]
+        cells = " | ".join(_fmt(summarize([r.get(k) for r in members])) for k in shown)
+        stats = paired(base_by_seed[metric], _by_seed(members, metric))
+        ci = ("n/a" if not math.isfinite(stats["low"])
+              else f"{stats['mean']:+.4f} [{stats['low']:+.4f}, {stats['high']:+.4f}]")
+        lines.append(f"| {p['pwiser_weight']:g} | {p['margin']:g} | {p['pwiser_head']} | "
+                     f"{p['pwiser_scores']} | {p['normalization']} | {cells} | {ci} | "
+                     f"{stats['wins']}/{stats['n']} |")
+    if figure:
+        lines += ["", "λ against AUC at the chosen other settings: mean and 95% confidence "
+                  "band over the seeds; BCE dashed, with its band.", "",
+                  f"![lambda sweep]({figure})"]
     return "\n".join(lines) + "\n"
+
+
+def _value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _fmt(stat) -> str:
+    return "n/a" if not stat[2] else f"{stat[0]:.4f} ± {stat[1]:.4f}"
+
+
+def band(values) -> Tuple[float, float, float]:
+    """Mean and 95% t interval of the finite values (the mean twice with one value)."""
+    mean, std, n = summarize(values)
+    half = t_quantile(0.975, n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+    return mean, mean - half, mean + half
+
+
+def plot_lambda(rows: List[dict], baseline: List[dict], path: str) -> None:
+    """λ against CTR, CTCVR and intent AUC: mean and 95% band over the seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, label) for k, label in PLOTTED if any(k in r for r in rows)]
+    weights = sorted({float(r["pwiser_weight"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        stats = np.array([band([r.get(key) for r in rows if float(r["pwiser_weight"]) == w])
+                          for w in weights])
+        ax.plot(weights, stats[:, 0], "o-", color="#1f77b4", label="PWiseR")
+        ax.fill_between(weights, stats[:, 1], stats[:, 2], color="#1f77b4", alpha=0.25)
+        base = band([r.get(key) for r in baseline])
+        if math.isfinite(base[0]):
+            ax.axhline(base[0], color="#7f7f7f", linestyle="--", label="BCE")
+            ax.axhspan(base[1], base[2], color="#7f7f7f", alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel("λ (pwiser_weight)")
+        ax.set_title(label)
+    axes[0][0].set_ylabel("validation AUC")
+    axes[0][0].legend(loc="best")
+    fig.tight_layout()
+    save_figure(fig, path)

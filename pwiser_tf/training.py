@@ -494,17 +494,11 @@ def fit(spec: RunSpec, state: TrainingState, progress_cb: EpochProgress):
     """Builds the model, restores the last committed epoch, trains the remaining
     epochs with early stopping, and returns the model at its best epoch (also
     saved as checkpoints/best.weights.h5)."""
-    from pwiser_tf.pipelines import make_dataset
-
     train_cfg = spec.train
-    batch_size, epochs = int(train_cfg["batch_size"]), int(train_cfg["epochs"])
-    tf.keras.backend.clear_session()
-    tf.keras.utils.set_random_seed(spec.seed + state.initial_epoch)
-    train_ds = make_dataset(spec.data_dir, batch_size, split="train", shuffle=True,
-                            seed=spec.seed + state.initial_epoch)
-    val_ds = make_dataset(spec.data_dir, batch_size, split="validation", shuffle=False)
-    model = build_compiled(spec.model, spec.metadata.schema, spec.model_config, train_cfg)
-    model(next(iter(val_ds))[0])  # build the variables, so a checkpoint can be restored
+    epochs = int(train_cfg["epochs"])
+    model, train_ds, val_ds = seeded_start(spec.data_dir, spec.model, spec.model_config,
+                                           train_cfg, spec.seed + state.initial_epoch,
+                                           spec.metadata.schema)
     state.restore(model)
     if not state.training_done(epochs):
         model.fit(train_ds, validation_data=val_ds, epochs=epochs,
@@ -513,6 +507,28 @@ def fit(spec: RunSpec, state: TrainingState, progress_cb: EpochProgress):
     state.restore_best(model)
     save_weights(model, fileio.join(state.directory, BEST_WEIGHTS))
     return model
+
+
+def seeded_start(data_dir: str, model_name: str, model_config: dict, train_config: dict,
+                 seed: int, schema=None):
+    """The built, compiled model and the train and validation datasets of a run.
+
+    The seed alone sets the initial weights and the order of the training data,
+    whatever the loss: a BCE and a PWiseR run of one seed (or two variants that
+    add no variables before the shared ones) start from the same weights and see
+    the same batches, so their results form a pair.
+    """
+    from pwiser_tf.pipelines import make_dataset
+
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(seed)
+    batch_size = int(train_config.get("batch_size", 2048))
+    train_ds = make_dataset(data_dir, batch_size, split="train", shuffle=True, seed=seed)
+    val_ds = make_dataset(data_dir, batch_size, split="validation", shuffle=False)
+    schema = schema if schema is not None else Metadata.load(data_dir).schema
+    model = build_compiled(model_name, schema, model_config, train_config)
+    model(next(iter(val_ds))[0])  # build the variables, so a checkpoint can be restored
+    return model, train_ds, val_ds
 
 
 def save_weights(model, path: str) -> None:

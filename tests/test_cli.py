@@ -122,6 +122,11 @@ def test_experiment_grid_resumes_after_interrupt(converted, tmp_path):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["loss"] for r in rows) == ["bce", "pwiser"]
+    treated = next(r for r in rows if r["loss"] == "pwiser")  # paired with BCE's seed 0
+    assert float(treated["delta_ctr_auc"]) == pytest.approx(
+        float(treated["ctr_auc"]) - float(next(r for r in rows if r["loss"] == "bce")["ctr_auc"]),
+        abs=1e-5)
+    assert treated["pairs"] == "1" and treated["ctr_auc_wins"] in ("0", "1")
     report = (out / "report.md").read_text()
     assert "| data | shared-bottom | CTR AUC |" in report
     assert (out / "auc_data.png").is_file() and (out / "config.yaml").is_file()

@@ -76,3 +76,42 @@ def test_bad_arguments(kwargs, message):
 def test_y_true_must_pack_both_labels():
     with pytest.raises(InputError, match=r"\[B, 2\]"):
         PWiseRLoss()(np.ones((4, 1), "float32"), np.full(4, 0.5, "float32"))
+
+
+@pytest.mark.parametrize("lam, scores", [(0.0, "probability"), (0.3, "probability"),
+                                         (2.0, "probability"), (1.0, "logit")])
+def test_two_headed_compile_and_the_models_task_give_the_same_gradients(lam, scores):
+    """One lambda: `PWiseRLoss` on the CTR output of a compiled two-headed model
+    plus BCE on its CTCVR output is the models' task with the same `pwiser_weight`."""
+    from pwiser_tf.models.task import CtrCvrTask
+
+    x, y = loss_cases.toy_data(512)
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((6,))
+    hidden = tf.keras.layers.Dense(8, activation="relu")(inputs)
+    model = tf.keras.Model(inputs, {
+        "ctr": tf.keras.layers.Dense(1, activation="sigmoid", name="ctr")(hidden),
+        "ctcvr": tf.keras.layers.Dense(1, activation="sigmoid", name="ctcvr")(hidden)})
+    options = dict(pwiser_weight=lam, margin_click=0.2, margin_nonclick=0.1,
+                   pwiser_scores=scores)
+    model.compile(optimizer="adam", loss={"ctr": PWiseRLoss(**options),
+                                          "ctcvr": "binary_crossentropy"})
+    task = CtrCvrTask(**options)
+    labels = {"click": tf.constant(y[:, 0]), "conversion": tf.constant(y[:, 1])}
+
+    with tf.GradientTape() as tape:
+        out = model(x)
+        compiled = model.compute_loss(x, {"ctr": tf.constant(y), "ctcvr": tf.constant(y[:, 1:])},
+                                      out)
+    compiled_grads = tape.gradient(compiled, model.trainable_variables)
+    with tf.GradientTape() as tape:
+        out = model(x)
+        ctr, ctcvr = out["ctr"][:, 0], out["ctcvr"][:, 0]
+        tasked = task(labels, {"ctr": ctr, "ctcvr": ctcvr, "cvr": ctcvr / ctr})
+    task_grads = tape.gradient(tasked, model.trainable_variables)
+
+    if lam:
+        assert float(task.parts["pwiser"].result()) > 0  # the term is active
+    np.testing.assert_allclose(float(tasked), float(compiled), rtol=1e-5)
+    for a, b in zip(task_grads, compiled_grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)

@@ -26,10 +26,11 @@ def run(args):
                               for d in args.data}
     set_synthetic_rows(config, args.rows)
     rows = experiment.run_experiment(config, args.output, progress=progress_enabled(args))
-    print(report.markdown_table(report.comparison(rows)))
+    baseline = experiment.baseline(config)
+    print(report.markdown_table(report.comparison(rows, baseline=baseline)))
     if any("intent_auc" in r for r in rows):
         print()
-        print(report.markdown_table(report.comparison(rows, report.INTENT_TASKS)))
+        print(report.markdown_table(report.comparison(rows, report.INTENT_TASKS, baseline)))
     print(f"\nresults: {os.path.join(args.output, experiment.RESULTS_FILE)}, "
           f"report: {os.path.join(args.output, 'report.md')}")
     return 0

@@ -1,4 +1,4 @@
-"""`pwiser-tf sweep`: the PWiseR weight and margins on one dataset."""
+"""`pwiser-tf sweep`: PWiseR's settings on one dataset, axis by axis (`pwiser_tf.sweep`)."""
 from pwiser_tf.commands import (add_grid_arguments, csv_list, progress_enabled,
                                 resolve_config, set_synthetic_rows)
 
@@ -7,9 +7,11 @@ def add_arguments(parser):
     parser.add_argument("--data", metavar="DIR",
                         help="converted directory (default: the built-in synthetic data, with the small networks of the packaged sweep configuration)")
     parser.add_argument("--model", help="model to sweep on (default mmoe)")
-    parser.add_argument("--weights", type=csv_list(float), help="pwiser_weight values")
+    parser.add_argument("--weights", type=csv_list(float),
+                        help="pwiser_weight values (the sweep.axes.pwiser_weight axis)")
     parser.add_argument("--margins", type=csv_list(float),
-                        help="margin values (margin_click = margin_nonclick)")
+                        help="margin values, margin_click = margin_nonclick "
+                             "(the sweep.axes.margin axis)")
     add_grid_arguments(parser)
 
 
@@ -19,10 +21,8 @@ def run(args):
     from pwiser_tf import sweep
 
     config = resolve_config(args, "sweep", {
-        "sweep.model": args.model, "sweep.pwiser_weight": args.weights,
-        "sweep.margin_click": args.margins, "seeds": args.seeds, "train.epochs": args.epochs})
-    if args.margins:
-        config["sweep"]["margin_nonclick"] = args.margins
+        "sweep.model": args.model, "sweep.axes.pwiser_weight": args.weights,
+        "sweep.axes.margin": args.margins, "seeds": args.seeds, "train.epochs": args.epochs})
     if args.data:
         config["datasets"] = {os.path.basename(os.path.normpath(args.data)): {"data": args.data}}
     set_synthetic_rows(config, args.rows)
