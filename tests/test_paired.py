@@ -52,7 +52,8 @@ def test_a_variant_grid_names_its_arms_and_checks_the_baseline():
     from pwiser_tf import experiment
     from pwiser_tf.errors import InputError
 
-    config = config_lib.packaged("adaftr_ablation")
+    config = config_lib.validate(config_lib.packaged("adaftr_ablation"))
+    config_lib.validate(config_lib.packaged("sweep"))
     cells = experiment.grid(config)
     assert len(cells) == 3 * len(config["seeds"])
     assert {c["variant"] for c in cells} == {"base", "adaptive", "fixed"}
