@@ -22,7 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import tensorflow as tf
 
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines.schema import METADATA_FILE, Metadata, MetadataError, Schema
+from pwiser_tf.pipelines.schema import (CATEGORICAL_KEY, METADATA_FILE, NUMERICAL_KEY,
+                                        Metadata, MetadataError, Schema)
 
 MV_PAD_ID = -1       # padding of `mv_<field>` ids
 MV_PAD_VALUE = 0.0   # padding of `mv_<field>_values`
@@ -38,7 +39,7 @@ class ShardError(InputError):
     """A shard is missing, truncated or corrupt."""
 
 
-def make_dataset(path: str, batch_size: int, *, split: str = "train",
+def make_dataset(path: Union[str, Sequence[str]], batch_size: int, *, split: str = "train",
                  schema: Optional[Schema] = None, compression: Optional[str] = None,
                  shuffle: bool = False, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
                  shuffle_group: int = DEFAULT_SHUFFLE_GROUP,
@@ -55,6 +56,7 @@ def make_dataset(path: str, batch_size: int, *, split: str = "train",
       path: a converted directory (its `metadata.json` names the shards of each
         split) or a file pattern such as `"data/train-*.tfrecord.gz"`; a pattern
         takes `schema` from the argument or from `metadata.json` beside the files.
+        A list of patterns reads the files of all of them (as TFX passes them).
       batch_size: the global batch size; with `input_context` each pipeline yields
         `input_context.get_per_replica_batch_size(batch_size)` examples per batch.
       split: `train`, `validation` or `test` (directories only).
@@ -134,11 +136,17 @@ def _repeat(dataset: tf.data.Dataset, repeat: Union[bool, int]) -> tf.data.Datas
     return dataset.repeat(int(repeat)) if repeat else dataset
 
 
-def resolve(path: str, split: str, schema: Optional[Schema],
+def resolve(path: Union[str, Sequence[str]], split: str, schema: Optional[Schema],
             compression: Optional[str]) -> Tuple[List[str], Schema, str]:
     """The shard files, schema and compression that `path` names (local or remote)."""
     gfile = tf.io.gfile
-    if gfile.isdir(path):
+    if not isinstance(path, (str, os.PathLike)):  # several patterns
+        files = match_patterns(path)
+        if schema is None:
+            raise MetadataError(f"{list(path)}: give schema=... for a list of patterns")
+        if compression is None:
+            compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
+    elif gfile.isdir(path):
         metadata = Metadata.load(path)
         files = metadata.files(split, path)
         schema = schema or metadata.schema
@@ -165,11 +173,25 @@ def resolve(path: str, split: str, schema: Optional[Schema],
     return files, schema, compression
 
 
-def expected_records(path: str, split: str) -> Optional[List[int]]:
+def match_patterns(patterns: Sequence[str]) -> List[str]:
+    """The files of every pattern, each pattern's sorted, without repeats."""
+    files, seen = [], set()
+    for pattern in patterns:
+        found = sorted(tf.io.gfile.glob(os.fspath(pattern)))
+        if not found:
+            raise InputError(f"{pattern}: no file matches the pattern")
+        files += [name for name in found if name not in seen]
+        seen.update(found)
+    if not files:
+        raise InputError("no file pattern given")
+    return files
+
+
+def expected_records(path, split: str) -> Optional[List[int]]:
     """The records of each shard of a converted directory's split, as its metadata.json
     lists them: `[n]` (the split's total) for metadata that predates per-shard counts,
     None for a file pattern."""
-    if not tf.io.gfile.isdir(path):
+    if not isinstance(path, (str, os.PathLike)) or not tf.io.gfile.isdir(path):
         return None
     entry = Metadata.load(path).splits.get(split)
     if entry is None:
@@ -230,6 +252,11 @@ class Parser:
     Multi-valued fields become dense `[B, L]` tensors padded with `MV_PAD_ID`
     (ids) and `MV_PAD_VALUE` (values); labels become float32 `[B]`. With
     `with_labels=False` (serving) the records need no labels and `labels` is empty.
+
+    Records in the `columns` layout (one feature per column, as `CsvExampleGen`
+    writes them) are packed into the same `categorical` `[B, C]` and `numerical`
+    `[B, N]` tensors, and their `conversion` label becomes click AND conversion
+    (the CTCVR label the converter writes), so the model sees the same batch.
     """
 
     def __init__(self, schema: Schema, multi_valued_length: Optional[int] = None,
@@ -242,8 +269,12 @@ class Parser:
     def __call__(self, serialized: tf.Tensor) -> Tuple[Dict[str, tf.Tensor],
                                                        Dict[str, tf.Tensor]]:
         parsed = tf.io.parse_example(serialized, self.spec)
-        labels = {name: tf.cast(parsed.pop(name), tf.float32)
+        labels = {name: tf.cast(parsed.pop(self.schema.label_column(name)), tf.float32)
                   for name in (self.schema.labels if self.with_labels else ())}
+        if self.schema.layout == "columns":
+            parsed = self._pack(parsed)
+            if "conversion" in labels:
+                labels["conversion"] = labels["conversion"] * labels["click"]
         batch = serialized.shape[0]
         for field in self.schema.multi_valued:
             parsed[field.key] = self._dense(parsed[field.key], MV_PAD_ID, batch)
@@ -251,6 +282,19 @@ class Parser:
                 parsed[field.values_key] = self._dense(parsed[field.values_key],
                                                        MV_PAD_VALUE, batch)
         return parsed, labels
+
+    def _pack(self, columns: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """One-feature-per-column tensors -> the packed `categorical` / `numerical`."""
+        schema = self.schema
+        packed = {}
+        if schema.categorical:
+            packed[CATEGORICAL_KEY] = tf.stack(
+                [columns.pop(f.name) for f in schema.categorical], axis=1)
+        if schema.numerical:
+            packed[NUMERICAL_KEY] = tf.stack(
+                [tf.cast(columns.pop(name), tf.float32) for name in schema.numerical], axis=1)
+        packed.update(columns)  # the multi-valued fields keep their keys
+        return packed
 
     def _dense(self, ragged: tf.RaggedTensor, pad, batch) -> tf.Tensor:
         length = self.multi_valued_length
@@ -329,5 +373,5 @@ def _check_shard(name: str, compression: str) -> Tuple[str, int]:
         return message.split("}}")[-1].split("[Op:")[0].strip(), 0
 
 
-__all__ = ["make_dataset", "record_batches", "Parser", "ShardError", "verify_shards",
+__all__ = ["make_dataset", "record_batches", "match_patterns", "Parser", "ShardError", "verify_shards",
            "verify_split", "expected_records", "MV_PAD_ID", "MV_PAD_VALUE"]

@@ -14,6 +14,13 @@ in its own variable-length int64 list `mv_<field>` (plus a float list
 `mv_<field>_values` when the source carries a value per id). Labels are int64
 scalars `click`, `conversion` (click AND conversion over all exposures, i.e. the
 CTCVR label) and, for synthetic data, `intent`.
+
+Layout `columns`: one feature per column, as TFX's `CsvExampleGen` writes a
+processed CSV: an int64 scalar per categorical field, a float (or int64, where
+every value of the column was an integer: `int_columns`) scalar per numerical
+feature, the labels under their CSV names (`label_columns`, e.g. Ali-CCP's
+`purchase`). The parser packs such records into the same `categorical` and
+`numerical` tensors, so a model sees the same features from either layout.
 """
 import dataclasses
 import os
@@ -30,6 +37,7 @@ LABELS = ("click", "conversion")
 OPTIONAL_LABELS = ("intent",)
 CATEGORICAL_KEY = "categorical"
 NUMERICAL_KEY = "numerical"
+LAYOUTS = ("packed", "columns")
 
 
 class MetadataError(InputError):
@@ -69,6 +77,8 @@ class Schema:
     ...                 numerical=("numerical_1", "numerical_2"))
     >>> sorted(schema.feature_spec())
     ['categorical', 'click', 'conversion', 'numerical']
+    >>> sorted(schema.with_layout("columns").feature_spec())
+    ['categorical_1', 'click', 'conversion', 'numerical_1', 'numerical_2']
     """
 
     dataset: str
@@ -76,41 +86,83 @@ class Schema:
     numerical: Tuple[str, ...] = ()
     multi_valued: Tuple[Field, ...] = ()
     labels: Tuple[str, ...] = LABELS
+    layout: str = "packed"   # or "columns": one feature per column (CsvExampleGen)
+    label_columns: Tuple[Tuple[str, str], ...] = ()   # columns: (label, column) renamed
+    int_columns: Tuple[str, ...] = ()   # columns: numerical features stored as int64
 
     def __post_init__(self):
         object.__setattr__(self, "categorical", tuple(self.categorical))
         object.__setattr__(self, "numerical", tuple(self.numerical))
         object.__setattr__(self, "multi_valued", tuple(self.multi_valued))
         object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "label_columns",
+                           tuple(tuple(pair) for pair in self.label_columns))
+        object.__setattr__(self, "int_columns", tuple(self.int_columns))
+        if self.layout not in LAYOUTS:
+            raise MetadataError(f"schema layout {self.layout!r} is not one of {LAYOUTS}")
         missing = [name for name in LABELS if name not in self.labels]
         if missing:
             raise MetadataError(f"schema labels {self.labels} lack {missing}")
 
+    def with_layout(self, layout: str) -> "Schema":
+        """The same features in another record layout (`packed` or `columns`)."""
+        return dataclasses.replace(self, layout=layout)
+
+    def label_column(self, label: str) -> str:
+        """The feature key of a label in the records."""
+        if self.layout == "packed":
+            return label
+        return dict(self.label_columns).get(label, label)
+
     def feature_spec(self, with_labels: bool = True) -> Dict[str, object]:
         """The `tf.io.parse_example` spec of the record layout."""
+        if self.layout == "columns":
+            return self._columns_spec(with_labels)
         spec = {}
         if self.categorical:
             spec[CATEGORICAL_KEY] = tf.io.FixedLenFeature([len(self.categorical)], tf.int64)
         if self.numerical:
             spec[NUMERICAL_KEY] = tf.io.FixedLenFeature([len(self.numerical)], tf.float32)
-        for field in self.multi_valued:
-            spec[field.key] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
-            if field.has_values:
-                spec[field.values_key] = tf.io.RaggedFeature(
-                    tf.float32, row_splits_dtype=tf.int64)
+        spec.update(self._multi_valued_spec())
         if with_labels:
             for name in self.labels:
                 spec[name] = tf.io.FixedLenFeature([], tf.int64)
         return spec
 
+    def _multi_valued_spec(self) -> Dict[str, object]:
+        spec = {}
+        for field in self.multi_valued:
+            spec[field.key] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
+            if field.has_values:
+                spec[field.values_key] = tf.io.RaggedFeature(
+                    tf.float32, row_splits_dtype=tf.int64)
+        return spec
+
+    def _columns_spec(self, with_labels: bool) -> Dict[str, object]:
+        # An empty CSV cell leaves the feature out: 0, as the readers' absent id.
+        spec = {f.name: tf.io.FixedLenFeature([], tf.int64, default_value=0)
+                for f in self.categorical}
+        for name in self.numerical:
+            dtype = tf.int64 if name in self.int_columns else tf.float32
+            spec[name] = tf.io.FixedLenFeature([], dtype, default_value=0)
+        spec.update(self._multi_valued_spec())
+        if with_labels:
+            for name in self.labels:
+                spec[self.label_column(name)] = tf.io.FixedLenFeature([], tf.int64)
+        return spec
+
     def to_dict(self) -> dict:
-        return {
+        data = {
             "dataset": self.dataset,
             "categorical": [dataclasses.asdict(f) for f in self.categorical],
             "numerical": list(self.numerical),
             "multi_valued": [dataclasses.asdict(f) for f in self.multi_valued],
             "labels": list(self.labels),
         }
+        if self.layout != "packed":
+            data.update(layout=self.layout, label_columns=[list(p) for p in self.label_columns],
+                        int_columns=list(self.int_columns))
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Schema":
@@ -120,6 +172,9 @@ class Schema:
             numerical=tuple(data.get("numerical", ())),
             multi_valued=tuple(Field(**f) for f in data.get("multi_valued", ())),
             labels=tuple(data.get("labels", LABELS)),
+            layout=data.get("layout", "packed"),
+            label_columns=tuple(tuple(p) for p in data.get("label_columns", ())),
+            int_columns=tuple(data.get("int_columns", ())),
         )
 
 
@@ -210,4 +265,4 @@ def load_schema(directory: str) -> Schema:
 
 __all__ = ["Field", "Schema", "Split", "Metadata", "MetadataError", "load_schema",
            "SCHEMA_VERSION", "METADATA_FILE", "LABELS", "CATEGORICAL_KEY",
-           "NUMERICAL_KEY"]
+           "NUMERICAL_KEY", "LAYOUTS"]

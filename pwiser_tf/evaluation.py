@@ -19,6 +19,7 @@ from pwiser_tf.pipelines.schema import Metadata, Schema
 
 SAVED_MODEL_DIR = "saved_model"
 OUTPUTS = ("pctr", "pcvr", "pctcvr")
+REMAPPED_SIGNATURE = "serving_remapped"  # models.export: converted (renumbered) records
 
 
 def saved_model_path(model_dir: str) -> str:
@@ -59,7 +60,11 @@ def predict_split(model_dir: str, data_dir: str, split: str = "test",
     if tf.io.gfile.exists(trained):
         check_compatible(Metadata.load(os.path.dirname(trained)).schema, metadata.schema,
                          data_dir)
-    serve = tf.saved_model.load(saved_model_path(model_dir)).signatures["serving_default"]
+    signatures = tf.saved_model.load(saved_model_path(model_dir)).signatures
+    # a model of `--remap-ids` data serves raw ids by default; the converted
+    # records hold the renumbered ones
+    serve = signatures[REMAPPED_SIGNATURE if REMAPPED_SIGNATURE in signatures
+                       else "serving_default"]
     label_spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in metadata.schema.labels}
     records = tf.data.TFRecordDataset(files, compression_type=metadata.compression or None)
     records = records.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -70,7 +75,8 @@ def predict_split(model_dir: str, data_dir: str, split: str = "test",
             for name, value in tf.io.parse_example(batch, label_spec).items():
                 labels[name].append(value.numpy())
             for name, value in serve(examples=batch).items():
-                predictions[name].append(np.reshape(value.numpy(), [-1]))
+                if name in predictions:
+                    predictions[name].append(np.reshape(value.numpy(), [-1]))
     except tf.errors.OpError as err:
         raise InputError(f"{data_dir} ({split}): cannot score the records: "
                          f"{err.message.splitlines()[0]}") from None

@@ -470,7 +470,8 @@ def _run_in(staging: str, spec: RunSpec, progress: bool) -> Dict[str, float]:
         with gfile.GFile(fileio.join(spec.data_dir, METADATA_FILE), "rb") as f:
             trained_on = f.read()
         models.export_saved_model(model, saved, spec.metadata.schema,
-                                  assets_extra={METADATA_FILE: trained_on})
+                                  assets_extra={METADATA_FILE: trained_on},
+                                  id_maps=id_maps(spec.data_dir, spec.metadata))
         state.commit(phase="score")
     labels, predictions = evaluation.predict_split(staging, spec.eval_dir, spec.eval_split)
     result = metrics.ctr_cvr_metrics(labels, predictions)
@@ -539,6 +540,16 @@ def save_weights(model, path: str) -> None:
         model.save_weights(tmp)
         with open(tmp, "rb") as f:
             fileio.atomic_write(path, f.read())
+
+
+def id_maps(data_dir: str, metadata: Metadata):
+    """The `--remap-ids` tables of a converted directory (`{field: raw ids}`), or None:
+    the export then serves raw ids."""
+    from pwiser_tf.pipelines.readers.idmap import IdMap
+
+    if not metadata.extra.get("id_maps"):
+        return None
+    return IdMap.load(data_dir).tables
 
 
 def temperature_histogram(model, dataset, bins: int = 10) -> dict:
