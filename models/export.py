@@ -20,10 +20,23 @@ Signatures (each takes a batch of serialized records, `examples`, and returns
 
 Example:
 
->>> export_saved_model(model, "out/saved_model", schema)        # doctest: +SKIP
->>> loaded = tf.saved_model.load("out/saved_model")             # doctest: +SKIP
->>> loaded.signatures["serving_default"](examples=tf.constant([record]))["pctr"]
-...                                                             # doctest: +SKIP
+>>> import tempfile
+>>> from pwiser_tf import models
+>>> from pwiser_tf.pipelines.schema import Field, Schema
+>>> schema = Schema(dataset="toy", categorical=(Field("user", 10), Field("item", 10)),
+...                 numerical=("price",))
+>>> record = tf.train.Example(features=tf.train.Features(feature={
+...     "categorical": tf.train.Feature(int64_list=tf.train.Int64List(value=[3, 7])),
+...     "numerical": tf.train.Feature(float_list=tf.train.FloatList(value=[0.5]))}
+... )).SerializeToString()
+>>> model = models.build_model("shared-bottom", schema, embedding_dim=4,
+...                            bottom_units=[8], tower_units=[4])
+>>> _ = model(parse_serving_features(tf.constant([record]), schema))  # build it
+>>> path = export_saved_model(model, tempfile.mkdtemp() + "/saved_model", schema)
+>>> serve = tf.saved_model.load(path).signatures["serving_default"]
+>>> out = serve(examples=tf.constant([record]))
+>>> sorted((name, value.shape.as_list()) for name, value in out.items())
+[('pctcvr', [1]), ('pctr', [1]), ('pcvr', [1])]
 """
 import functools
 import os

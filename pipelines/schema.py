@@ -1,7 +1,7 @@
 """The project's one schema type: what a converted dataset holds and how it is laid out.
 
 A converted directory holds sharded TFRecord files of `tf.train.Example` and one
-`metadata.json` (see `docs/schema.md`). `Metadata` reads and writes that file;
+`metadata.json` (see `docs/architecture.md`, "Converted dataset"). `Metadata` reads and writes that file;
 `Schema` describes the features and owns the parsing spec that the reader
 (`make_dataset`) and the models' serving signature both use.
 

@@ -459,6 +459,7 @@ def _run_in(staging: str, spec: RunSpec, progress: bool) -> Dict[str, float]:
                                 f"{spec.model}/{spec.loss}/seed{spec.seed}", enabled=progress)
     state = TrainingState(staging, int(train_cfg["patience"]), progress=progress_cb)
     saved = fileio.join(staging, evaluation.SAVED_MODEL_DIR)
+    model = None
     if state.state["phase"] == "train":
         model = fit(spec, state, progress_cb)
         extra = {}
@@ -467,6 +468,10 @@ def _run_in(staging: str, spec: RunSpec, progress: bool) -> Dict[str, float]:
             extra["temperature_histogram"] = temperature_histogram(
                 model, make_dataset(spec.data_dir, batch_size, split="validation"))
         state.commit(phase="export", extra=extra)
+    if state.state["phase"] == "export":
+        if model is None:  # killed while exporting: the trained weights, no training
+            model = build_model(spec)
+            state.restore_best(model)
         with gfile.GFile(fileio.join(spec.data_dir, METADATA_FILE), "rb") as f:
             trained_on = f.read()
         models.export_saved_model(model, saved, spec.metadata.schema,
@@ -489,6 +494,13 @@ def _run_in(staging: str, spec: RunSpec, progress: bool) -> Dict[str, float]:
     fileio.write_json(fileio.join(staging, HISTORY_FILE), history)
     fileio.write_json(fileio.join(staging, METRICS_FILE), result)
     return result
+
+
+def build_model(spec: RunSpec):
+    """The run's compiled model, its variables built, so a checkpoint can be restored."""
+    model, _, _ = seeded_start(spec.data_dir, spec.model, spec.model_config, spec.train,
+                               spec.seed, spec.metadata.schema)
+    return model
 
 
 def fit(spec: RunSpec, state: TrainingState, progress_cb: EpochProgress):

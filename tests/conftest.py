@@ -1,16 +1,13 @@
-"""Test session setup.
+"""Test session setup (the Keras flavour is chosen in the repository's conftest.py).
 
-The Keras flavour is fixed when TensorFlow first loads Keras. The models need
-tf-keras (TFRS is Keras 2), so this session runs with `TF_USE_LEGACY_KERAS=1`;
-the tests under `tests/keras3/` need Keras 3 and run in their own process,
-started by `tests/test_keras3_mode.py`.
+The models need tf-keras, so this session runs with `TF_USE_LEGACY_KERAS=1`; the
+tests under `tests/keras3/` need Keras 3 and run in their own process, started by
+`tests/test_keras3_mode.py`.
 """
 import os
 import sys
 
 KERAS3 = os.environ.get("PWISER_TEST_KERAS3") == "1"
-os.environ["TF_USE_LEGACY_KERAS"] = "0" if KERAS3 else "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # In the tf-keras session the Keras 3 tests are run by a subprocess, not collected.
 collect_ignore = [] if KERAS3 else ["keras3"]
