@@ -1,0 +1,76 @@
+"""Serving what clients have: raw ids through the exported id maps of `--remap-ids`."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pwiser_tf import models
+from pwiser_tf.pipelines import synthesize
+from pwiser_tf.pipelines.convert import convert
+from pwiser_tf.pipelines.dataset import Parser
+from pwiser_tf.pipelines.readers.idmap import IdMap
+from pwiser_tf.pipelines.schema import Metadata
+
+
+def _records(directory, split="train"):
+    files = sorted(glob.glob(os.path.join(directory, f"{split}-*")))
+    return next(iter(tf.data.TFRecordDataset(files).batch(100_000)))
+
+
+@pytest.fixture(scope="module")
+def ali_ccp(tmp_path_factory):
+    """The same raw Ali-CCP rows converted with and without --remap-ids, and a model
+    of the remapped data exported with its id maps."""
+    root = tmp_path_factory.mktemp("serving")
+    written = synthesize("ali-ccp", 400, str(root / "synth"), seed=3, progress=False)
+    raw = [written["files"][f"raw/{name}_train.csv"]
+           for name in ("sample_skeleton", "common_features")]
+    convert("ali-ccp-raw", raw, str(root / "remapped"), remap_ids=True, progress=False)
+    convert("ali-ccp-raw", raw, str(root / "raw"), progress=False)
+    schema = Metadata.load(str(root / "remapped")).schema
+    model = models.build_model("shared-bottom", schema, embedding_dim=4, bottom_units=[8],
+                               tower_units=[4])
+    model(Parser(schema)(_records(str(root / "remapped")))[0])
+    tables = IdMap.load(str(root / "remapped")).tables
+    models.export_saved_model(model, str(root / "model"), schema, id_maps=tables)
+    return root, schema, tables
+
+
+def test_raw_ids_score_like_the_remapped_records(ali_ccp):
+    root, _, _ = ali_ccp
+    loaded = tf.saved_model.load(str(root / "model"))
+    raw = loaded.signatures["serving_default"](examples=_records(str(root / "raw")))
+    remapped = loaded.signatures["serving_remapped"](examples=_records(str(root / "remapped")))
+    rows = Metadata.load(str(root / "raw")).splits["train"].counts["rows"]
+    assert raw["pctr"].shape == [rows] and rows > 100
+    for name in ("pctr", "pcvr", "pctcvr"):
+        np.testing.assert_array_equal(raw[name].numpy(), remapped[name].numpy())
+    assert int(tf.reduce_sum(raw["unseen_ids"])) == 0
+    assert int(loaded.unseen_ids.numpy()) == 0
+
+
+def test_unseen_raw_ids_go_to_the_oov_bucket_and_are_counted(ali_ccp):
+    root, schema, tables = ali_ccp
+    loaded = tf.saved_model.load(str(root / "model"))
+    raw = tf.train.Example.FromString(_records(str(root / "raw"))[0].numpy())
+    remapped = tf.train.Example.FromString(_records(str(root / "remapped"))[0].numpy())
+    unseen = int(max(t.max() for t in tables.values())) + 12345
+    raw.features.feature["categorical"].int64_list.value[0] = unseen
+    field = schema.categorical[0]
+    remapped.features.feature["categorical"].int64_list.value[0] = field.vocab_size  # OOV
+    name = schema.multi_valued[0].key
+    raw.features.feature[name].int64_list.value.append(unseen)
+    remapped.features.feature[name].int64_list.value.append(schema.multi_valued[0].vocab_size)
+    values = schema.multi_valued[0].values_key
+    if schema.multi_valued[0].has_values:
+        raw.features.feature[values].float_list.value.append(1.0)
+        remapped.features.feature[values].float_list.value.append(1.0)
+    out = loaded.signatures["serving_default"](examples=tf.constant([raw.SerializeToString()]))
+    want = loaded.signatures["serving_remapped"](
+        examples=tf.constant([remapped.SerializeToString()]))
+    assert out["unseen_ids"].numpy().tolist() == [2]
+    assert int(loaded.unseen_ids.numpy()) == 2
+    for key in ("pctr", "pcvr", "pctcvr"):
+        np.testing.assert_array_equal(out[key].numpy(), want[key].numpy())
