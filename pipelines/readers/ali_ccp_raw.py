@@ -48,6 +48,10 @@ class AliCcpRawReader(SideFileJoin, Reader):
     def side_path(self):
         return self.commons[0]
 
+    def side_key(self, line):
+        parts = line.split(b",", 5)
+        return parts[3] if len(parts) == 6 else None
+
     def _block(self, block: bytes, first_line: int, path: str, index: int):
         heads, keys, lists, lines = [], [], [], []
         for offset, line in enumerate(block.split(b"\n")[:-1]):

@@ -63,6 +63,10 @@ class AliExpressRawReader(SideFileJoin, ColumnsReader):
     def side_path(self):
         return self.user_paths[0]
 
+    def side_key(self, line):
+        cut = line.find(b",")
+        return line[:cut] if cut > 0 else None
+
     def _block(self, block: bytes, first_line: int, path: str, index: int):
         items, lines = [], []
         for offset, line in enumerate(block.split(b"\n")[:-1]):

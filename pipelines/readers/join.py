@@ -162,6 +162,10 @@ class SideFileJoin:
     def side_path(self) -> str:
         raise NotImplementedError
 
+    def side_key(self, line: bytes) -> Optional[bytes]:
+        """The side-file key a main-file line refers to (None for a line without one)."""
+        raise NotImplementedError
+
     @contextlib.contextmanager
     def _session(self):
         self.side = SideTable(self.side_path(), cache_entries=self.cache_entries,

@@ -44,10 +44,18 @@ def add_arguments(parser):
                              "share one global space")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a finished conversion of other inputs in DIR")
+    parser.add_argument("--runner", default="local",
+                        help="local (default: this process), direct (Beam's DirectRunner) or "
+                             "any Beam runner's name, e.g. DataflowRunner, FlinkRunner, "
+                             "SparkRunner (needs the beam extra; docs/beam.md)")
+    parser.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Beam pipeline option, repeatable (e.g. direct_num_workers=2, "
+                             "project=..., temp_location=gs://...)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args):
+    from pwiser_tf.errors import InputError
     from pwiser_tf.pipelines.convert import convert
 
     options = {}
@@ -55,14 +63,22 @@ def run(args):
         options = {"index_dir": args.index_dir}
         if args.cache_entries:
             options["cache_entries"] = args.cache_entries
-    metadata = convert(args.format, args.input, args.output,
-                       validation_fraction=args.validation_fraction, seed=args.seed,
-                       compression="GZIP" if args.compression == "gzip" else "",
-                       records_per_shard=args.records_per_shard,
-                       skip_malformed=args.skip_malformed,
-                       conversions_without_click=args.conversions_without_click,
-                       remap_ids=args.remap_ids, overwrite=args.overwrite,
-                       progress=not args.no_progress, **options)
+    common = dict(validation_fraction=args.validation_fraction, seed=args.seed,
+                  compression="GZIP" if args.compression == "gzip" else "",
+                  skip_malformed=args.skip_malformed,
+                  conversions_without_click=args.conversions_without_click,
+                  remap_ids=args.remap_ids, overwrite=args.overwrite, **options)
+    if args.runner == "local":
+        if args.beam_option:
+            raise InputError("--beam-option needs a Beam --runner (direct, DataflowRunner, ...)")
+        metadata = convert(args.format, args.input, args.output,
+                           records_per_shard=args.records_per_shard,
+                           progress=not args.no_progress, **common)
+    else:
+        from pwiser_tf.pipelines.beam_convert import beam_options_from, convert_beam
+
+        metadata = convert_beam(args.format, args.input, args.output, runner=args.runner,
+                                beam_options=beam_options_from(args.beam_option), **common)
     print(json.dumps({"output": args.output,
                       "splits": {name: split.counts for name, split in metadata.splits.items()},
                       "source_counts": metadata.extra["source_counts"]}, indent=2))
