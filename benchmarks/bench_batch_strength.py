@@ -33,7 +33,9 @@ def main():
     parser.add_argument("--batches", type=int, default=8, help="batches per batch size")
     parser.add_argument("--untrained", action="store_true")
     parser.add_argument("--output", default=None, help="PNG of the figure")
-    parser.add_argument("--work", default=None, help="data directory (default: temporary)")
+    parser.add_argument("--data", default=None,
+                        help="a converted directory to use instead of generating --rows "
+                             "synthetic rows in a temporary directory")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -43,12 +45,11 @@ def main():
     from pwiser_tf.losses import PWiseRLoss, binary_crossentropy
     from pwiser_tf.pipelines import make_dataset
 
-    work = args.work or tempfile.mkdtemp(prefix="bench_batch_")
     default = config_lib.packaged("default")
-    source = experiment.prepare_dataset(
+    data = args.data or experiment.prepare_dataset(
         "synthetic", {"synth": {"dataset": "aliexpress", "rows": args.rows, "seed": 0},
-                      "validation_fraction": 0.1}, work, progress=False)
-    data = source["data"]
+                      "validation_fraction": 0.1}, tempfile.mkdtemp(prefix="bench_batch_"),
+        progress=False)["data"]
     model_config = training._model_kwargs(default, "mmoe", "bce")
     train_cfg = dict(default["train"], epochs=1)
     model, train_ds, _ = training.seeded_start(data, "mmoe", model_config, train_cfg, 0)
