@@ -12,6 +12,7 @@ _LAZY = {
     "pwiser": "pwiser_tf.kernel",
     "pwiser_dense": "pwiser_tf.kernel",
     "PWiseRLoss": "pwiser_tf.losses",
+    "PackedAUC": "pwiser_tf.losses",
     "InputError": "pwiser_tf.errors",
 }
 
@@ -26,4 +27,4 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["pwiser", "pwiser_dense", "PWiseRLoss", "InputError", "__version__"]
+__all__ = ["pwiser", "pwiser_dense", "PWiseRLoss", "PackedAUC", "InputError", "__version__"]

@@ -3,14 +3,20 @@
 The models need tf-keras, so this session runs with `TF_USE_LEGACY_KERAS=1`; the
 tests under `tests/keras3/` need Keras 3 and run in their own process, started by
 `tests/test_keras3_mode.py`.
+The tf-keras tests on virtual CPU devices (`tests/distributed/`) run in their own
+process too, started by `tests/test_distributed_pwiser.py`.
 """
 import os
 import sys
 
 KERAS3 = os.environ.get("PWISER_TEST_KERAS3") == "1"
 
-# In the tf-keras session the Keras 3 tests are run by a subprocess, not collected.
+# In the tf-keras session the Keras 3 tests are run by a subprocess, not collected;
+# so are the tests on virtual devices (`tests/distributed/`), which must split the
+# CPU before TensorFlow initialises.
 collect_ignore = [] if KERAS3 else ["keras3"]
+if os.environ.get("PWISER_TEST_DISTRIBUTED") != "1":
+    collect_ignore.append("distributed")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small real samples shipped with the tests (see tests/data/README.md).
