@@ -21,11 +21,12 @@ default strategy, cross-replica context), everything here is the identity.
 
 Example:
 
->>> import numpy as np
-import tensorflow as tf
->>> scores, labels = gather([tf.constant([0.3, 0.7]), tf.constant([1., 0.])])
->>> num_replicas()
+>>> import tensorflow as tf
+>>> num_replicas()  # one device: the rows stay as they are
 1
+>>> scores, labels = gather([tf.constant([0.3, 0.7]), tf.constant([1., 0.])])
+>>> scores.numpy().tolist()
+[0.30000001192092896, 0.699999988079071]
 """
 from typing import List, Optional, Sequence
 
