@@ -1,10 +1,15 @@
 """pwiser-tf: the PWiseR pairwise ranking loss and multi-task CTR/CVR models.
 
-The top-level names load lazily, so `import pwiser_tf.pipelines` does not import
-Keras, and the Keras flavour (Keras 3 or tf-keras, set by `TF_USE_LEGACY_KERAS`)
-is the one active when the loss is first used.
+The top-level names load lazily: importing the package does not import TensorFlow,
+so the program that imports TensorFlow first still chooses the Keras flavour
+(Keras 3, or tf-keras with `TF_USE_LEGACY_KERAS=1`). As soon as TensorFlow is
+loaded, `PWiseRLoss` is registered with that Keras, so `load_model` finds it
+without `custom_objects`.
 """
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
@@ -21,6 +26,35 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pwiser_tf' has no attribute {name!r}")
+
+
+def _register_loss() -> None:
+    importlib.import_module("pwiser_tf.losses")  # defining the class registers it
+
+
+class _RegisterAfterTensorFlow(importlib.abc.MetaPathFinder):
+    """Registers `PWiseRLoss` right after TensorFlow's own import finishes."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_then_register(module):
+                exec_module(module)
+                _register_loss()
+
+            spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "tensorflow" in sys.modules:
+    _register_loss()
+elif not any(isinstance(f, _RegisterAfterTensorFlow) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterTensorFlow())
 
 
 def __dir__():
