@@ -6,7 +6,9 @@ float scalars), then streams both side by side through the same tf.data
 pipeline (read, shuffle, batch, parse, prefetch) and prints examples/s and their
 ratio; then, for layout v1, the defaults against parallel reader threads and
 against shuffling single records instead of groups of 16. The per-field pipeline stacks its scalars into the same `[B, 16]` and
-`[B, 63]` tensors, so both yield what the models consume.
+`[B, 63]` tensors, so both yield what the models consume. Last, the one-time shard
+check of `make_dataset(verify=True)` (read every shard, count its records against
+`metadata.json`), as a share of one streamed epoch.
 
     python benchmarks/bench_stream.py --rows 400000 --batch-size 4096 --epochs 3
 """
@@ -59,14 +61,15 @@ def write(directory: str, layout: str, rows: int, shards: int, compression: str)
     os.makedirs(directory, exist_ok=True)
     records = serialized_rows(layout)
     options = tf.io.TFRecordOptions(compression_type=compression)
-    names = []
+    names, records_per_shard = [], []
     for shard, part in enumerate(np.array_split(np.arange(rows), shards)):
         name = f"train-{shard:05d}-of-{shards:05d}.tfrecord" + (".gz" if compression else "")
         with tf.io.TFRecordWriter(os.path.join(directory, name), options) as writer:
             for i in part:
                 writer.write(records[i % DISTINCT])
         names.append(name)
-    Metadata(schema=SCHEMA, splits={"train": Split(names, {"rows": rows})},
+        records_per_shard.append(len(part))
+    Metadata(schema=SCHEMA, splits={"train": Split(names, {"rows": rows}, records_per_shard)},
              compression=compression, source_format=f"bench-{layout}").save(directory)
     return directory
 
@@ -155,7 +158,21 @@ def main(argv=None):
                         args.rows, args.epochs)
                     print(f"compression={tag:5s} shuffle=True  packed, {name}: "
                           f"{other:10,.0f} ex/s   default/this: {v1 / other:5.2f}x")
+        check = verify_seconds(packed)
+        epoch = args.rows / results[(tag, False)][0]
+        print(f"compression={tag:5s} shard check (once per process): {check:6.2f} s = "
+              f"{check / epoch:4.2f} of one epoch in input order ({epoch:6.2f} s)")
     return results
+
+
+def verify_seconds(directory: str) -> float:
+    """Seconds of the shard check of a fresh process: read and count every shard."""
+    metadata = Metadata.load(directory)
+    dataset_lib._VERIFIED.clear()  # as in a new process
+    start = time.perf_counter()
+    dataset_lib.verify_shards(metadata.files("train", directory), metadata.compression,
+                              dataset_lib.expected_records(directory, "train"))
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -397,30 +397,38 @@ class IdStats:
     def update(self, chunk) -> None:
         if not len(chunk):
             return
-        columns = []
+        columns = []  # (field, max id, its row or None, sorted sample)
         if self.layout.categorical:
-            rows = chunk.categorical.argmax(axis=0)
-            top = chunk.categorical[rows, np.arange(len(rows))]
+            tops = chunk.categorical.max(axis=0).tolist()
+            sample = np.sort(chunk.categorical[:_SAMPLE_ROWS].T, axis=1)  # rows: fields
             for j, name in enumerate(self.layout.categorical):
-                columns.append((name, int(top[j]), int(rows[j]),
-                                chunk.categorical[:_SAMPLE_ROWS, j]))
+                columns.append((name, tops[j], j, sample[j]))
         for name, _ in self.layout.multi_valued:
-            field = chunk.multi_valued[name]
-            if len(field.values):
-                at = int(field.values.argmax())
-                row = int(np.searchsorted(np.cumsum(field.lengths), at, side="right"))
-                columns.append((name, int(field.values[at]), row,
-                                field.values[:_SAMPLE_ROWS * 4]))
-        for name, top, row, sample in columns:
+            values = chunk.multi_valued[name].values
+            if len(values):
+                columns.append((name, int(values.max()), None,
+                                np.sort(values[:_SAMPLE_ROWS * 4])))
+        for name, top, column, sample in columns:
             if name not in self.max_ids or top > self.max_ids[name]:
-                self.max_ids[name], self.max_at[name] = top, chunk.where(row)
+                self.max_ids[name], self.max_at[name] = top, chunk.where(
+                    self._row(chunk, name, column))
                 if self.max_vocab is not None and top + 1 > self.max_vocab:
                     raise InputError(_vocab_message(self.max_at[name], name, top,
                                                     f"over the limit of {self.max_vocab:,}"))
+            distinct = sample[np.concatenate([[True], sample[1:] != sample[:-1]])]
             pending = self._pending.setdefault(name, [])
-            pending.append(np.unique(sample))
+            pending.append(distinct)
             if sum(len(p) for p in pending) > _SAMPLE_MERGE:
                 self._merge(name)
+
+    @staticmethod
+    def _row(chunk, name: str, column) -> int:
+        """The row of a chunk holding the field's largest id."""
+        if column is not None:
+            return int(chunk.categorical[:, column].argmax())
+        field = chunk.multi_valued[name]
+        return int(np.searchsorted(np.cumsum(field.lengths), int(field.values.argmax()),
+                                   side="right"))
 
     def _merge(self, name: str) -> None:
         self._sample[name] = np.unique(np.concatenate(

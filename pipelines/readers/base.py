@@ -215,7 +215,13 @@ def _gfile():
 
 
 def open_binary(path: str):
-    """`path` opened for reading bytes, on any filesystem TensorFlow knows."""
+    """`path` opened for reading bytes, on any filesystem TensorFlow knows.
+
+    A local path is opened by Python directly: reading 8 MiB blocks that way is
+    about 4x faster than through `GFile` (benchmarks/bench_convert.py, docs/benchmarks.md).
+    """
+    if "://" not in path or path.startswith("file://"):
+        return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
     return _gfile().GFile(path, "rb")
 
 
