@@ -182,9 +182,12 @@ def export_saved_model(model, path: str, schema: Schema,
     temporary name and renamed.
     """
     module = _Serving(model, schema, id_maps)
-    staging = path.rstrip("/") + ".partial"
+    # ".name.partial", not "name.partial": on filesystems that list by prefix
+    # (object stores, ram://) the latter would show up inside `path`
+    path = path.rstrip("/")
+    staging = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
     if gfile.exists(staging):
-        gfile.rmtree(staging)
+        fileio.remove_tree(staging)
     tf.saved_model.save(module, staging, signatures=module.signatures())
     if assets_extra:
         extra = os.path.join(staging, "assets.extra")
@@ -192,6 +195,6 @@ def export_saved_model(model, path: str, schema: Schema,
         for name, content in assets_extra.items():
             fileio.atomic_write(os.path.join(extra, name), content)
     if gfile.isdir(path):
-        gfile.rmtree(path)
-    gfile.rename(staging, path)
+        fileio.remove_tree(path)
+    fileio.move_tree(staging, path)
     return path

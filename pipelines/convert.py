@@ -142,7 +142,7 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
                             (max_vocab, max_vocab_ratio, sparse_vocab_floor))
         finally:
             if index_dir is not None and gfile.exists(index_dir):
-                gfile.rmtree(index_dir)
+                fileio.remove_tree(index_dir)
 
 
 def _convert(format, by_split, output_dir, options, fingerprint, layouts,

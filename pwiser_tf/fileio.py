@@ -7,6 +7,8 @@ operations the project composes from it:
 - `atomic_write`: write a whole file under a temporary name, then rename it, so a
   reader never sees a truncated file. Local files are fsynced before the rename.
 - `write_json` / `read_json`: the same, for JSON.
+- `remove_tree` / `move_tree`: directory trees, also where the filesystem has no
+  real directories (object stores, `ram://`).
 - `exclusive_lock`: one writer per directory (`fcntl` on a lock file; local paths only,
   since object stores have no locks).
 
@@ -69,6 +71,40 @@ def atomic_write(path: str, data: Union[str, bytes]) -> None:
     finally:
         if gfile.exists(tmp):
             gfile.remove(tmp)
+
+
+def remove_tree(path: str) -> None:
+    """Removes the directory tree `path`. On filesystems without real directories
+    (object stores, `ram://`), where `gfile.rmtree` may fail, file by file."""
+    path = os.fspath(path)
+    if is_local(path):
+        gfile.rmtree(path)
+        return
+    for folder, _, files in list(gfile.walk(path, topdown=False)):
+        for name in files + [""]:  # the files, then the folder itself
+            try:
+                gfile.remove(join(folder, name) if name else folder)
+            except tf.errors.NotFoundError:
+                pass  # listed by prefix only (another entry's name starts with it)
+
+
+def move_tree(source: str, target: str) -> None:
+    """Renames the directory `source` to `target` (which must not exist). Local
+    directories are renamed atomically; object stores and `ram://` cannot rename a
+    directory, so its files are copied and the source removed."""
+    source, target = os.fspath(source), os.fspath(target)
+    if is_local(source) and is_local(target):
+        gfile.rename(source, target)
+        return
+    for folder, _, files in gfile.walk(source):
+        into = join(target, os.path.relpath(folder, source)) if folder != source else target
+        gfile.makedirs(into)
+        for name in files:
+            try:
+                gfile.copy(join(folder, name), join(into, name), overwrite=True)
+            except tf.errors.NotFoundError:
+                pass  # listed by prefix only (another entry's name starts with it)
+    remove_tree(source)
 
 
 def write_json(path: str, data) -> None:

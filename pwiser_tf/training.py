@@ -391,7 +391,7 @@ class RunDirectory:
 
     def discard_staging(self) -> None:
         if gfile.exists(self.staging):
-            gfile.rmtree(self.staging)
+            fileio.remove_tree(self.staging)
 
     def start(self, spec: RunSpec) -> str:
         """The staging directory, created with the run's settings if new."""
@@ -416,10 +416,12 @@ class RunDirectory:
             target = fileio.join(self.path, name)
             if gfile.exists(target) and (name == "backup" or gfile.exists(
                     fileio.join(self.staging, name))):
-                (gfile.rmtree if gfile.isdir(target) else gfile.remove)(target)
+                (fileio.remove_tree if gfile.isdir(target) else gfile.remove)(target)
         for name in PUBLISHED:
             source = fileio.join(self.staging, name)
-            if gfile.exists(source):
+            if gfile.isdir(source):
+                fileio.move_tree(source, fileio.join(self.path, name))
+            elif gfile.exists(source):
                 gfile.rename(source, fileio.join(self.path, name), overwrite=True)
         gfile.copy(fileio.join(self.staging, RUN_FILE), fileio.join(self.path, RUN_FILE),
                    overwrite=True)
