@@ -1,9 +1,11 @@
 """End to end on TensorFlow's in-memory `ram://` filesystem, the stand-in for `gs://`.
 
 Everything runs in this one process (a `ram://` tree lives in its process): the
-CLI's `synth` and `convert` write into `ram://` and `make_dataset` streams from it,
-with the same records as a local conversion of the same files.
+CLI's `synth` and `convert` write into `ram://`, `make_dataset` streams from it (the
+same records as a local conversion of the same files), and `train` and `evaluate`
+read their data there and write their run there.
 """
+import json
 import os
 
 import numpy as np
@@ -15,6 +17,14 @@ from pwiser_tf.pipelines import make_dataset
 from pwiser_tf.pipelines.schema import Metadata
 
 ROOT = "ram://pwiser-e2e"
+TINY = ["--set", "model.embedding_dim=4", "--set", "train.batch_size=256",
+        "--set", "train.patience=1"]
+
+
+def _json_out(capsys, code):
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    return json.loads(captured.out)
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +66,19 @@ def test_convert_and_stream_from_ram(converted, tmp_path):
     shuffled = make_dataset(converted, 512, split="train", shuffle=True, seed=0)
     assert sum(int(l["click"].shape[0]) for _, l in shuffled) == \
         metadata.splits["train"].counts["rows"]
+def test_train_and_evaluate_on_ram(converted, capsys):
+    run = f"{ROOT}/run"
+    metrics = _json_out(capsys, cli.main([
+        "train", "--data", converted, "--model", "mmoe", "--loss", "pwiser", "--epochs", "1",
+        "--seed", "0", "--output", run, "--no-progress", *TINY]))
+    assert tf.io.gfile.exists(f"{run}/saved_model/saved_model.pb")
+    with tf.io.gfile.GFile(f"{run}/metrics.json") as f:
+        assert json.load(f) == metrics
+    test_rows = Metadata.load(converted).splits["test"].counts["rows"]
+    assert metrics["examples"] == test_rows
+    evaluated = _json_out(capsys, cli.main([
+        "evaluate", "--model-dir", run, "--data", converted,
+        "--predictions", f"{run}/predictions.csv"]))
+    assert evaluated["ctr_auc"] == pytest.approx(metrics["ctr_auc"], abs=1e-6)
+    with tf.io.gfile.GFile(f"{run}/predictions.csv") as f:
+        assert len(f.read().splitlines()) == test_rows + 1
