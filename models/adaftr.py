@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from pwiser_tf import replicas
 from pwiser_tf.errors import InputError
 from pwiser_tf.models.base import check_units, options, predictions
 from pwiser_tf.models.layers import MLP
@@ -36,8 +37,10 @@ class AdaFTR(MMoE):
     Args:
       contrastive_weight: alpha, the weight of the contrastive term.
       tau_min, tau_max: the range of the per-instance temperature.
-      negatives: `batch` (all other in-batch instances) or `random` (one random
-        other instance per instance).
+      negatives: `batch` (all other in-batch instances; under a `tf.distribute`
+        strategy those of the global batch, or of the replica's with
+        `pairs="replica"`) or `random` (one random other instance of the
+        replica's batch per instance).
       projection_units: widths of the projection head before the similarity
         (empty: contrast the towers' hidden layers themselves).
       relatedness_units: hidden widths of the relatedness network MLP_r.
@@ -111,8 +114,11 @@ class AdaFTR(MMoE):
     def contrastive(self, z_ctr, z_cvr, tau):
         """InfoNCE of each instance's CTR vs CVR representation at its temperature."""
         if self.negatives == "batch":
-            similarity = tf.matmul(z_ctr, z_cvr, transpose_b=True)      # [B, B]
-            positive = tf.linalg.diag_part(similarity)
+            # Under a strategy, the CVR representations of every replica's rows
+            # (`pairs="global"`), or of this replica's (`pairs="replica"`).
+            candidates = replicas.gather([z_cvr], self.task.pairs)[0]
+            similarity = tf.matmul(z_ctr, candidates, transpose_b=True)  # [B, B_global]
+            positive = tf.reduce_sum(z_ctr * z_cvr, -1)
         else:
             positive = tf.reduce_sum(z_ctr * z_cvr, -1)
             shift = tf.random.uniform([], 1, tf.maximum(tf.shape(z_ctr)[0], 2), tf.int32)

@@ -42,6 +42,9 @@ class CtrCvrModel(tfrs.Model):
       pwiser_weight, pwiser_head, pwiser_scores, margin_click, margin_nonclick,
       squared, normalization: PWiseR's options (`CtrCvrTask`); used with
         `loss="pwiser"`, and a `pwiser_weight` of 0 turns the term off.
+      pairs: under a `tf.distribute` strategy, the rows that PWiseR pairs (and
+        AdaFTR contrasts): `global` (default, all replicas: one step equals one
+        device on the global batch) or `replica`; see `pwiser_tf.PWiseRLoss`.
       task_weights: weights of the BCE terms (default: 1 each).
       auc_num_thresholds, auc_logit_scale: buckets of the streaming AUCs.
       extra_weights: set by subclasses: their own loss terms, name -> weight.
@@ -58,7 +61,7 @@ class CtrCvrModel(tfrs.Model):
                  margin_click: float = PWISER_DEFAULTS["margin_click"],
                  margin_nonclick: float = PWISER_DEFAULTS["margin_nonclick"],
                  squared: bool = True, normalization: str = "anchor",
-                 task_weights=None, auc_num_thresholds: int = 2000,
+                 pairs: str = "global", task_weights=None, auc_num_thresholds: int = 2000,
                  auc_logit_scale: float = 8.0, extra_weights=None, bce_heads=None,
                  name=None):
         super().__init__(name=name)
@@ -73,7 +76,7 @@ class CtrCvrModel(tfrs.Model):
             pwiser_weight=pwiser_weight if loss == "pwiser" else 0.0,
             pwiser_head=pwiser_head, pwiser_scores=pwiser_scores,
             margin_click=margin_click, margin_nonclick=margin_nonclick, squared=squared,
-            normalization=normalization, extra_weights=extra_weights,
+            normalization=normalization, pairs=pairs, extra_weights=extra_weights,
             auc_num_thresholds=auc_num_thresholds, auc_logit_scale=auc_logit_scale)
 
     # --- what subclasses provide ---------------------------------------------------

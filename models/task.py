@@ -23,7 +23,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from pwiser_tf import kernel
+from pwiser_tf import kernel, replicas
 from pwiser_tf.errors import InputError
 from pwiser_tf.losses import SCORES, PWiseRLoss, binary_crossentropy, logit
 
@@ -59,7 +59,11 @@ class AUC(tf.keras.metrics.AUC):
 
 
 def weighted_mean(values, weights):
-    return tf.math.divide_no_nan(tf.reduce_sum(values * weights), tf.reduce_sum(weights))
+    """The weighted mean over the global batch: under a `tf.distribute` strategy,
+    over every replica's rows (the same value on each replica)."""
+    sums = replicas.global_sum(tf.stack([tf.reduce_sum(values * weights),
+                                         tf.reduce_sum(weights)]))
+    return tf.math.divide_no_nan(sums[0], sums[1])
 
 
 def label_weights(labels: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -88,6 +92,9 @@ class CtrCvrTask(tf.keras.layers.Layer):
       pwiser_scores: `probability` (the paper's) or `logit`.
       margin_click, margin_nonclick, squared, normalization: PWiseR's options
         (see `pwiser_tf.kernel.pwiser`).
+      pairs: under a `tf.distribute` strategy, PWiseR's pairs span `global`
+        (default: all replicas, as one device on the global batch) or `replica`
+        (each replica's rows); see `PWiseRLoss`.
       extra_weights: a model's own terms, name -> weight.
       auc_num_thresholds, auc_logit_scale: the streaming AUCs' buckets.
 
@@ -108,6 +115,7 @@ class CtrCvrTask(tf.keras.layers.Layer):
                  margin_click: float = PWISER_DEFAULTS["margin_click"],
                  margin_nonclick: float = PWISER_DEFAULTS["margin_nonclick"],
                  squared: bool = True, normalization: str = "anchor",
+                 pairs: str = "global",
                  extra_weights: Optional[Mapping[str, float]] = None,
                  auc_num_thresholds: int = 2000, auc_logit_scale: float = 8.0,
                  name: str = "task", **kwargs):
@@ -139,7 +147,8 @@ class CtrCvrTask(tf.keras.layers.Layer):
             pwiser_weight=self.pwiser_weight, margin_click=self.margin_click,
             margin_nonclick=self.margin_nonclick, squared=self.squared,
             normalization=normalization, pwiser_scores=pwiser_scores, bce=False,
-            name="pwiser")
+            pairs=pairs, name="pwiser")
+        self.pairs = pairs
 
         self.aucs = {head: AUC(auc_num_thresholds, auc_logit_scale, name=f"{head}_auc")
                      for head in ("ctr", "ctcvr", "cvr")}
@@ -177,7 +186,11 @@ class CtrCvrTask(tf.keras.layers.Layer):
             loss += weight * terms[name]
         for name, value in terms.items():
             self.parts[name].update_state(value)
-        return loss
+        # Under a strategy the BCE and PWiseR terms are over the global batch, the
+        # extras are this replica's means; `tfrs.Model` sums the replicas' losses
+        # and gradients, so each returns its share: the step and the reported loss
+        # equal one device on the global batch.
+        return replicas.share(loss)
 
     def get_config(self):
         config = super().get_config()
@@ -186,7 +199,8 @@ class CtrCvrTask(tf.keras.layers.Layer):
             pwiser_weight=self.pwiser_weight, pwiser_head=self.pwiser_head,
             pwiser_scores=self.pwiser_scores, margin_click=self.margin_click,
             margin_nonclick=self.margin_nonclick, squared=self.squared,
-            normalization=self.normalization, extra_weights=self.extra_weights,
+            normalization=self.normalization, pairs=self.pairs,
+            extra_weights=self.extra_weights,
             auc_num_thresholds=self.auc_num_thresholds,
             auc_logit_scale=self.auc_logit_scale)
         return config

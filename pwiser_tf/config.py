@@ -59,6 +59,8 @@ class PwiserSettings(_Section):
     pwiser_scores: Optional[str] = None
     squared: Optional[bool] = None
     normalization: Optional[str] = None
+    pairs: Optional[Literal["global", "replica"]] = Field(
+        None, description="under a strategy: pairs over all replicas or per replica")
 
 
 class SynthSettings(_Section):

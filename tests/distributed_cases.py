@@ -168,3 +168,42 @@ def check_tfrs_ranking_matches_one_device(replicas: int, weighted: bool = False,
     x, y, w = data(weighted=weighted)
     loss, weights, _ = tfrs_step(strategy(replicas), pwiser_loss(**kwargs), x, y, w)
     assert_same_step((loss, weights), reference_step(pwiser_loss(**kwargs), x, y, w))
+
+
+MODEL_ROWS = 64
+MODEL_OPTIONS = dict(embedding_dim=4, tower_units=(8,), num_experts=2, expert_units=(8,),
+                     dropout=0.0, batch_norm=False,  # batch norm's statistics are per replica
+                     loss="pwiser", pwiser_weight=2.0, margin_click=0.2, margin_nonclick=0.3)
+
+
+def model_step(distribution, name: str, **options):
+    """Reported loss and weights after one SGD step of a model of `pwiser_tf.models`
+    on the toy data's global batch, from the weights of a one-device build."""
+    from pwiser_tf import models
+    from tests.models_data import toy_dataset, toy_schema
+
+    data = toy_dataset(MODEL_ROWS, MODEL_ROWS, seed=3)
+    config = {**MODEL_OPTIONS, **options}
+    tf.keras.utils.set_random_seed(0)
+    template = models.build_model(name, toy_schema(), **config)
+    template(next(iter(data))[0])
+    with distribution.scope():
+        model = models.build_model(name, toy_schema(), **config)
+        model(next(iter(data))[0])
+        model.set_weights(template.get_weights())
+        model.compile(optimizer=tf.keras.optimizers.SGD(LEARNING_RATE))
+    history = model.fit(data, epochs=1, verbose=0)
+    return (history.history["loss"][0], model.get_weights()), template.get_weights()
+
+
+def assert_same_model_step(got, expected, initial, rtol: float = RTOL):
+    np.testing.assert_allclose(got[0], expected[0], rtol=rtol)
+    for start, new, ref in zip(initial, got[1], expected[1]):
+        np.testing.assert_allclose(new - start, ref - start, rtol=rtol,
+                                   atol=rtol * max(np.abs(ref - start).max(), 1e-6))
+
+
+def check_model_matches_one_device(name: str, replicas: int, **options):
+    got, initial = model_step(strategy(replicas), name, **options)
+    expected, _ = model_step(tf.distribute.get_strategy(), name, **options)
+    assert_same_model_step(got, expected, initial)

@@ -49,3 +49,19 @@ def test_readme_tfrs_snippet_runs_under_a_strategy():
     model = scope["model"]
     assert model.distribute_strategy.num_replicas_in_sync == 2
     assert np.isfinite(model.history.history["loss"][-1])
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_mmoe_step_equals_one_device(replicas):
+    cases.check_model_matches_one_device("mmoe", replicas)
+
+
+def test_adaftr_global_negatives_step_equals_one_device():
+    cases.check_model_matches_one_device("adaftr", 2, contrastive_weight=0.5)
+
+
+def test_mmoe_replica_pairs_differ_from_one_device():
+    got, initial = cases.model_step(cases.strategy(2), "mmoe", pairs="replica")
+    expected, _ = cases.model_step(tf.distribute.get_strategy(), "mmoe", pairs="replica")
+    with pytest.raises(AssertionError):
+        cases.assert_same_model_step(got, expected, initial)
