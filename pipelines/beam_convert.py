@@ -82,11 +82,18 @@ def convert_beam(format: str, inputs, output_dir: str, *, runner: str = "direct"
     (`{KEY: VALUE}` pipeline options, e.g. `direct_num_workers`). Needs the
     `beam` extra (`pip install "pwiser-tf[beam]"`).
     """
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # Beam warns at import about Google Cloud clients
     try:
         import apache_beam  # noqa: F401
     except ImportError:
         raise InputError("a Beam runner needs Apache Beam: pip install 'pwiser-tf[beam]'") \
             from None
+    finally:
+        root.setLevel(level)
     from pwiser_tf.pipelines.convert import assign_splits, _plain
     from pwiser_tf.pipelines.readers import open_reader, reader_class
 
@@ -124,30 +131,43 @@ def convert_beam(format: str, inputs, output_dir: str, *, runner: str = "direct"
             gfile.remove(stale)
         job = _Job(format, by_split, options, block_bytes, output_dir)
         if remap_ids:
-            _run(job.collect_ids, runner, beam_options)
+            _run(job.collect_ids, runner, beam_options, output_dir)
         _run(lambda p: job.convert(p, validation_fraction, seed, compression, remap_ids),
-             runner, beam_options)
+             runner, beam_options, output_dir)
         stats = fileio.read_json(fileio.join(output_dir, _STATS_FILE))
         gfile.remove(fileio.join(output_dir, _STATS_FILE))
         return _write_metadata(output_dir, layout, format, compression, stats, fingerprint,
                                remap_ids, validation_fraction, by_split)
 
 
-def _run(build, runner, beam_options) -> None:
+def _run(build, runner, beam_options, output_dir: str) -> None:
+    import logging
+
     import apache_beam as beam
 
+    # The DirectRunner logs a worker's exception with its traceback; the error
+    # reaches the user once, as one line, below. Other runners keep their logs.
+    quiet = runner in ("direct", "DirectRunner")
+    logger = logging.getLogger("apache_beam")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.CRITICAL)
     try:
         with beam.Pipeline(options=pipeline_options(runner, beam_options)) as pipeline:
             build(pipeline)
-    except InputError:
-        raise
+    except InputError as err:  # re-raised by the runner with " [while running '...']"
+        raise InputError(str(err).split(" [while running")[0]) from None
     except Exception as err:  # a worker's InputError arrives wrapped by the runner
         message = str(err)
         marker = "InputError: "
         if marker in message:
-            raise InputError(message.split(marker, 1)[1].splitlines()[0].strip(
-                " '\"]")) from None
+            line = message.split(marker, 1)[1].splitlines()[0]
+            raise InputError(line.split(" [while running")[0].strip(" '\"]")) from None
         raise
+    finally:
+        logger.setLevel(level)
+        for temp in fileio.gfile.glob(fileio.join(output_dir, "beam-temp-*")):
+            fileio.gfile.rmtree(temp)  # what a failed write leaves
 
 
 def _finished(output_dir, fingerprint, overwrite):

@@ -90,3 +90,17 @@ def test_beam_option_needs_a_beam_runner(tmp_path, capsys):
     assert cli.main(["convert", "--format", "aliexpress-csv", "--input", "x.csv",
                      "--output", str(tmp_path), "--beam-option", "a=b"]) == 2
     assert "--beam-option" in capsys.readouterr().err
+
+
+def test_a_malformed_line_fails_the_pipeline_with_one_line(aliexpress, tmp_path, capsys):
+    _, written = aliexpress
+    bad = tmp_path / "train.csv"
+    with open(written["files"]["processed/train.csv"]) as f:
+        bad.write_text("".join([next(f), next(f), "1,2,3\n"]))
+    assert cli.main(["convert", "--format", "aliexpress-csv", "--input", str(bad),
+                     "--output", str(tmp_path / "out"), "--runner", "direct",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # 82 columns + intent (synthetic)
+    assert err[-1] == (f"pwiser-tf convert: error: {bad}:3: malformed line: 3 columns, "
+                       f"expected 83 (skip such lines with --skip-malformed)")
+    assert sorted(os.listdir(tmp_path / "out")) == [".lock"]  # no shards, no metadata

@@ -33,7 +33,7 @@ SMALL_MODEL = {"embedding_dim": 4, "bottom_units": [16], "tower_units": [8]}
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("tfx")
-    return root, synthesize("aliexpress", 1500, str(root / "synth"), seed=2, progress=False)
+    return root, synthesize("aliexpress", 900, str(root / "synth"), seed=2, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,36 @@ def test_run_fn_trains_on_csv_example_gen_records_in_a_clean_environment(example
     assert glob.glob(str(tmp_path / "model_run" / "train" / "events.out.tfevents.*"))
     with open(tmp_path / "model_run" / "metrics.json") as f:
         assert json.load(f)["ctr_auc"] == pytest.approx(out["metrics"]["ctr_auc"])
+
+
+KERAS3_FIRST_SCRIPT = textwrap.dedent("""
+    import json, sys, types
+    import tensorflow as tf
+    tf.keras.layers.Dense(1)         # the executor's process already runs Keras 3
+    from pwiser_tf import tfx_trainer
+
+    args = types.SimpleNamespace(**json.load(open(sys.argv[1])))
+    metrics = tfx_trainer.run_fn(args)
+    json.dump({"metrics": metrics, "keras": tf.keras.Model.__module__},
+              open(sys.argv[2], "w"))
+""")
+
+
+def test_run_fn_trains_in_a_tf_keras_child_when_keras_3_is_loaded(example_gen, tmp_path):
+    patterns, schema_path, _, _ = example_gen
+    args = fn_args(tmp_path, [patterns["train"]], [patterns["eval"]], train_steps=2,
+                   eval_steps=1, schema_path=schema_path)
+    args.custom_config["dataset"] = "aliexpress"
+    args_path, out_path = tmp_path / "args.json", tmp_path / "out.json"
+    args_path.write_text(json.dumps(vars(args)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["PYTHONPATH"] = REPO
+    subprocess.run([sys.executable, "-c", KERAS3_FIRST_SCRIPT, str(args_path), str(out_path)],
+                   env=env, check=True, timeout=600)
+    out = json.loads(out_path.read_text())
+    assert out["keras"].startswith("keras")  # the parent stayed on Keras 3
+    assert {"ctr_auc", "ctcvr_auc"} <= set(out["metrics"])
+    assert os.path.isfile(tmp_path / "serving" / "saved_model.pb")
 
 
 def test_run_fn_reads_vocabularies_from_the_records_without_a_schema(example_gen, tmp_path):
