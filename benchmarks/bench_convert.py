@@ -11,6 +11,12 @@ both rates, their ratio and the ratio to the 100,000 rows/s target (best of
 
 `--other-formats` also converts the train split of `pwiser-tf synth` data of
 `--rows` exposures in every other format (raw joins, ESMM text, Ali-CCP CSVs).
+
+`--beam MODE` also converts the CSV, and the two raw joins of `pwiser-tf synth`
+data of `--rows` exposures, with the Beam converter on the DirectRunner
+(`--beam-workers` workers, `direct_running_mode=MODE`: `multi_threading` or
+`multi_processing`), each right after the local converter on the same input,
+and prints both rates and their ratio.
 """
 import argparse
 import os
@@ -88,6 +94,36 @@ def other_formats(root: str, rows: int) -> None:
         shutil.rmtree(output)
 
 
+BEAM_FORMATS = {"aliexpress-raw": OTHER_FORMATS["aliexpress-raw"],
+                "ali-ccp-raw": OTHER_FORMATS["ali-ccp-raw"]}
+
+
+def beam_side_by_side(root: str, csv_path: str, rows: int, mode: str, workers: int) -> None:
+    from pwiser_tf.pipelines.beam_convert import convert_beam
+    from pwiser_tf.pipelines.synth import synthesize
+
+    jobs = [("aliexpress-csv", ["train=" + csv_path])]
+    for fmt, (dataset, files) in BEAM_FORMATS.items():
+        source = os.path.join(root, f"beam-{dataset}")
+        if not os.path.isdir(source):
+            synthesize(dataset, rows, source, progress=False)
+        jobs.append((fmt, ["train=" + os.path.join(source, f) for f in files]))
+    options = {"direct_num_workers": str(workers), "direct_running_mode": mode}
+    for fmt, inputs in jobs:
+        rates = {}
+        for name, run in (("local", lambda out: convert(fmt, inputs, out, progress=False)),
+                          ("beam", lambda out: convert_beam(fmt, inputs, out, runner="direct",
+                                                            beam_options=options))):
+            output = os.path.join(root, f"out-{name}-{fmt}")
+            start = time.perf_counter()
+            converted = run(output).splits["train"].counts["rows"]
+            rates[name] = converted / (time.perf_counter() - start)
+            shutil.rmtree(output)
+        print(f"{fmt:15s} local {rates['local']:10,.0f} rows/s   beam ({mode}, {workers} "
+              f"workers) {rates['beam']:10,.0f} rows/s   beam/local "
+              f"{rates['beam'] / rates['local']:5.2f}x  ({converted:,} rows)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=300_000)
@@ -95,6 +131,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compression", default="", choices=("", "GZIP"))
     parser.add_argument("--other-formats", action="store_true")
+    parser.add_argument("--beam", choices=("multi_threading", "multi_processing"),
+                        help="also run the Beam converter (DirectRunner) side by side")
+    parser.add_argument("--beam-workers", type=int, default=2)
     args = parser.parse_args(argv)
     root = tempfile.mkdtemp(prefix="bench_convert_")
     try:
@@ -121,6 +160,8 @@ def main(argv=None):
               f"convert/target({TARGET_ROWS_PER_SECOND:,}): {target:4.2f}x")
         if args.other_formats:
             other_formats(root, args.rows)
+        if args.beam:
+            beam_side_by_side(root, source, args.rows, args.beam, args.beam_workers)
     finally:
         shutil.rmtree(root)
 

@@ -94,7 +94,7 @@ def convert_beam(format: str, inputs, output_dir: str, *, runner: str = "direct"
             from None
     finally:
         root.setLevel(level)
-    from pwiser_tf.pipelines.convert import assign_splits, _plain
+    from pwiser_tf.pipelines.convert import _absolute, _plain, assign_splits
     from pwiser_tf.pipelines.readers import open_reader, reader_class
 
     reader_class(format)
@@ -120,7 +120,7 @@ def convert_beam(format: str, inputs, output_dir: str, *, runner: str = "direct"
         "format": format, "validation_fraction": validation_fraction, "seed": seed,
         "compression": compression, "remap_ids": remap_ids, "runner": "beam",
         "options": {k: v for k, v in sorted(options.items())},
-        "inputs": {s: [os.path.abspath(p) for p in paths] for s, paths in by_split.items()}})
+        "inputs": {s: [_absolute(p) for p in paths] for s, paths in by_split.items()}})
     gfile = fileio.gfile
     gfile.makedirs(output_dir)
     with fileio.exclusive_lock(output_dir, "conversion"):

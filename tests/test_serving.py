@@ -74,3 +74,29 @@ def test_unseen_raw_ids_go_to_the_oov_bucket_and_are_counted(ali_ccp):
     assert int(loaded.unseen_ids.numpy()) == 2
     for key in ("pctr", "pcvr", "pctcvr"):
         np.testing.assert_array_equal(out[key].numpy(), want[key].numpy())
+
+
+def test_the_rest_request_of_docs_serving_holds_records_both_signatures_parse():
+    """docs/serving.md builds TensorFlow Serving bodies; their b64 records parse as the
+    packed and the per-column AliExpress layouts (what the two signatures parse)."""
+    import base64
+    import re
+
+    from pwiser_tf.pipelines.readers.aliexpress import CATEGORICAL, NUMERICAL
+    from pwiser_tf.pipelines.schema import Field, Schema
+
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "docs", "serving.md"), encoding="utf-8").read()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(code, "docs/serving.md", "exec"), scope)
+    schema = Schema("aliexpress", categorical=tuple(Field(n, 10) for n in CATEGORICAL),
+                    numerical=NUMERICAL)
+    for body, layout, rows in ((scope["body"], "packed", 2),
+                               (scope["body_columns"], "columns", 1)):
+        records = [base64.b64decode(item["examples"]["b64"]) for item in body["instances"]]
+        features = Parser(schema.with_layout(layout), with_labels=False)(
+            tf.constant(records))[0]
+        assert features["categorical"].shape == [rows, 16]
+        assert features["numerical"].shape == [rows, 63]
+        assert int(features["categorical"][0, 0]) == 3
