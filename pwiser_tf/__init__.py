@@ -32,6 +32,29 @@ def _register_loss() -> None:
     importlib.import_module("pwiser_tf.losses")  # defining the class registers it
 
 
+def _register_when_keras_loads() -> None:
+    """Registers `PWiseRLoss` with the Keras `tf.keras` resolves to, once it resolves.
+
+    TensorFlow picks the Keras flavour the first time `tf.keras` is used (from
+    `TF_USE_LEGACY_KERAS` at that moment). Registering right away would make that
+    choice at import time; waiting for TensorFlow's own first use of `tf.keras`
+    leaves it to the program (the TFX Trainer's `run_fn` selects tf-keras itself
+    after the executor has imported TensorFlow and this package).
+    """
+    loader = sys.modules["tensorflow"].__dict__.get("keras")
+    state = getattr(loader, "__dict__", {})
+    if state.get("_tfll_initialized", True) or not hasattr(type(loader), "_initialize"):
+        _register_loss()  # Keras is already chosen (or TensorFlow works differently)
+        return
+    initialize = loader._initialize
+
+    def initialize_then_register():
+        initialize()
+        _register_loss()
+
+    loader.__dict__["_initialize"] = initialize_then_register  # (its __setattr__ loads)
+
+
 class _RegisterAfterTensorFlow(importlib.abc.MetaPathFinder):
     """Registers `PWiseRLoss` right after TensorFlow's own import finishes."""
 
@@ -45,14 +68,14 @@ class _RegisterAfterTensorFlow(importlib.abc.MetaPathFinder):
 
             def exec_then_register(module):
                 exec_module(module)
-                _register_loss()
+                _register_when_keras_loads()
 
             spec.loader.exec_module = exec_then_register
         return spec
 
 
 if "tensorflow" in sys.modules:
-    _register_loss()
+    _register_when_keras_loads()
 elif not any(isinstance(f, _RegisterAfterTensorFlow) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterAfterTensorFlow())
 
