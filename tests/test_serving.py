@@ -1,12 +1,13 @@
 """Serving what clients have: raw ids through the exported id maps of `--remap-ids`."""
 import glob
 import os
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pwiser_tf import models
+from pwiser_tf import training
 from pwiser_tf.pipelines import synthesize
 from pwiser_tf.pipelines.convert import convert
 from pwiser_tf.pipelines.dataset import Parser
@@ -22,27 +23,34 @@ def _records(directory, split="train"):
 @pytest.fixture(scope="module")
 def ali_ccp(tmp_path_factory):
     """The same raw Ali-CCP rows converted with and without --remap-ids, and a model
-    of the remapped data exported with its id maps."""
+    `train_run` trained on the remapped data (its export carries the id maps; its
+    evaluation scores the converted records through `serving_remapped`)."""
     root = tmp_path_factory.mktemp("serving")
-    written = synthesize("ali-ccp", 400, str(root / "synth"), seed=3, progress=False)
+    written = synthesize("ali-ccp", 600, str(root / "synth"), seed=3, progress=False)
     raw = [written["files"][f"raw/{name}_train.csv"]
            for name in ("sample_skeleton", "common_features")]
-    convert("ali-ccp-raw", raw, str(root / "remapped"), remap_ids=True, progress=False)
-    convert("ali-ccp-raw", raw, str(root / "raw"), progress=False)
+    convert("ali-ccp-raw", raw, str(root / "remapped"), remap_ids=True,
+            validation_fraction=0.3, progress=False)
+    convert("ali-ccp-raw", raw, str(root / "raw"), validation_fraction=0.3, progress=False)
+    result = training.train_run(
+        str(root / "remapped"), str(root / "run"), "shared-bottom", "pwiser", 0,
+        {"model": {"embedding_dim": 4, "tower_units": [4]},
+         "model_options": {"shared-bottom": {"bottom_units": [8]}},
+         "train": {"epochs": 1, "batch_size": 128, "patience": 1}}, progress=False)
+    assert 0 < result["ctr_auc"] < 1  # scored through serving_remapped
     schema = Metadata.load(str(root / "remapped")).schema
-    model = models.build_model("shared-bottom", schema, embedding_dim=4, bottom_units=[8],
-                               tower_units=[4])
-    model(Parser(schema)(_records(str(root / "remapped")))[0])
     tables = IdMap.load(str(root / "remapped")).tables
-    models.export_saved_model(model, str(root / "model"), schema, id_maps=tables)
+    shutil.copytree(root / "run" / "saved_model", root / "model")
     return root, schema, tables
 
 
 def test_raw_ids_score_like_the_remapped_records(ali_ccp):
     root, _, _ = ali_ccp
     loaded = tf.saved_model.load(str(root / "model"))
-    raw = loaded.signatures["serving_default"](examples=_records(str(root / "raw")))
-    remapped = loaded.signatures["serving_remapped"](examples=_records(str(root / "remapped")))
+    raw_records, remapped_records = _records(str(root / "raw")), _records(str(root / "remapped"))
+    assert (raw_records != remapped_records).numpy().all()  # the ids differ in every row
+    raw = loaded.signatures["serving_default"](examples=raw_records)
+    remapped = loaded.signatures["serving_remapped"](examples=remapped_records)
     rows = Metadata.load(str(root / "raw")).splits["train"].counts["rows"]
     assert raw["pctr"].shape == [rows] and rows > 100
     for name in ("pctr", "pcvr", "pctcvr"):
