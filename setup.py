@@ -37,6 +37,7 @@ setup(
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",
+        "tensorboard>=2.20",  # tf.summary, for the runs' TensorBoard logs
         "keras>=3.10",
         "tensorflow-recommenders>=0.7.3",
         "tensorflow-datasets>=4.9",
@@ -50,7 +51,7 @@ setup(
     extras_require={
         # Beam is in `test`: the Beam converter's tests run in CI (about 25 s and 100 MB).
         "test": ["pytest>=8", "hypothesis>=6", "keras-rs>=0.2", "apache-beam>=2.50",
-                 "google-crc32c"],
+                 "google-crc32c", "nbformat>=5.9"],
         "bench": ["keras-rs>=0.2"],
         "beam": ["apache-beam>=2.50", "google-crc32c"],  # crc32c: Beam's TFRecord writer
         # TFX needs ml-metadata wheels that require glibc >= 2.39 (see README).

@@ -89,7 +89,7 @@ class AdaFTR(MMoE):
         relatedness = [tf.keras.layers.Dense(u, activation="relu", name=f"relatedness_{i}")
                        for i, u in enumerate(check_units(relatedness_units,
                                                          "relatedness_units"))]
-        relatedness.append(tf.keras.layers.Dense(1, name="relatedness_out"))
+        relatedness.append(tf.keras.layers.Dense(1, name="relatedness_out", dtype="float32"))
         self.relatedness = (tf.keras.Sequential(relatedness, name="relatedness")
                             if temperature == "adaptive" else None)
 
@@ -100,7 +100,7 @@ class AdaFTR(MMoE):
 
     def _represent(self, hidden, training):
         z = self.projection(hidden, training=training) if self.projection else hidden
-        return tf.math.l2_normalize(z, axis=-1)
+        return tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)  # float32 when mixed
 
     def temperature(self, z_ctr, z_cvr):
         if self.relatedness is None:  # temperature="fixed"

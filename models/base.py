@@ -77,7 +77,8 @@ class CtrCvrModel(tfrs.Model):
             pwiser_head=pwiser_head, pwiser_scores=pwiser_scores,
             margin_click=margin_click, margin_nonclick=margin_nonclick, squared=squared,
             normalization=normalization, pairs=pairs, extra_weights=extra_weights,
-            auc_num_thresholds=auc_num_thresholds, auc_logit_scale=auc_logit_scale)
+            auc_num_thresholds=auc_num_thresholds, auc_logit_scale=auc_logit_scale,
+            dtype="float32")  # the loss and metrics stay float32 under mixed precision
 
     # --- what subclasses provide ---------------------------------------------------
 
@@ -104,6 +105,24 @@ class CtrCvrModel(tfrs.Model):
         features, labels = inputs
         predictions, extras = self.forward(features, training=training)
         return self.task(labels, predictions, extras, training=training)
+
+    def train_step(self, inputs):
+        """TFRS's train step, with loss scaling when the optimizer is a
+        `LossScaleOptimizer` (tf-keras wraps it so under `mixed_float16`)."""
+        optimizer = self.optimizer
+        scaling = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.reduce_sum([tf.reduce_sum(l) for l in self.losses])
+            total_loss = loss + regularization_loss
+            scaled = optimizer.get_scaled_loss(total_loss) if scaling else total_loss
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        if scaling:
+            gradients = optimizer.get_unscaled_gradients(gradients)
+        optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        logs = {metric.name: metric.result() for metric in self.metrics}
+        logs.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+        return logs
 
     def get_config(self):
         return {"schema": self.schema.to_dict(), **self._init_config}

@@ -78,7 +78,8 @@ class Tower(tf.keras.layers.Layer):
                  batch_norm: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.mlp = MLP(units, dropout, batch_norm, name="mlp")
-        self.head = tf.keras.layers.Dense(1, name="logit")
+        # float32 under mixed precision too: the logit and the heads' probabilities
+        self.head = tf.keras.layers.Dense(1, name="logit", dtype="float32")
 
     def hidden(self, inputs, training=None):
         return self.mlp(inputs, training=training)

@@ -47,6 +47,12 @@ class TrainSettings(_Section):
     patience: int = Field(2, ge=0, description="epochs without a validation gain")
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-6, ge=0)
+    mixed_precision: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="float32, or the mixed_bfloat16 / mixed_float16 Keras policy")
+    jit_compile: Optional[bool] = Field(None, description="XLA; default: on a TPU only")
+    multi_valued_length: int = Field(
+        64, ge=1, description="multi-valued fields are padded or cut to this length when "
+                              "shapes are static (under a strategy or XLA)")
 
 
 class PwiserSettings(_Section):

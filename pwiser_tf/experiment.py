@@ -120,12 +120,12 @@ def baseline(config: dict) -> str:
 
 
 def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
-              output_dir: str, progress: bool = True, eval_split: Optional[str] = None
-              ) -> List[dict]:
+              output_dir: str, progress: bool = True, eval_split: Optional[str] = None,
+              strategy=None) -> List[dict]:
     """Runs (or reads back) every cell; returns one result row per cell.
 
     A cell may carry `overrides` (a partial configuration merged over `config`)
-    and a `variant` label that names them.
+    and a `variant` label that names them. `strategy`: `training.train_run`'s.
     """
     from tqdm.auto import tqdm
 
@@ -145,7 +145,7 @@ def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
             source["data"], run_dir, cell["model"], cell["loss"], cell["seed"],
             config_lib.merge(config, cell.get("overrides") or {}),
             eval_data_dir=source.get("eval_data"), eval_split=eval_split,
-            progress=progress, overwrite=True)
+            progress=progress, overwrite=True, strategy=strategy)
         rows.append({**{k: cell.get(k, "") for k in KEY_COLUMNS}, **result})
     return rows
 
@@ -168,22 +168,29 @@ def _cell(value):
     return f"{value:.6g}" if isinstance(value, float) and not math.isnan(value) else value
 
 
-def run_experiment(config: dict, output_dir: str, progress: bool = True) -> List[dict]:
-    """Prepares the datasets, runs the grid and writes results.csv, report.md, plots."""
-    from pwiser_tf import report
+def run_experiment(config: dict, output_dir: str, progress: bool = True, strategy=None,
+                   virtual_devices: Optional[int] = None) -> List[dict]:
+    """Prepares the datasets, runs the grid and writes results.csv, report.md, plots.
+
+    `strategy`, `virtual_devices`: where every run trains (`training.train_run`).
+    With several workers only the chief writes under `output_dir`.
+    """
+    from pwiser_tf import distribute, report
 
     config = config_lib.validate(config)
     if not config.get("datasets"):
         raise InputError("the configuration lists no datasets")
+    strategy = distribute.resolve_strategy(strategy, virtual_devices)  # before any op
     cells = grid(config)
-    fileio.make_dirs(output_dir)
-    with fileio.exclusive_lock(output_dir, "experiment directory"):
-        datasets = {name: prepare_dataset(name, spec, output_dir, progress)
-                    for name, spec in config["datasets"].items()}
-        rows = run_cells(cells, datasets, config, output_dir, progress)
-        write_results(report.paired_columns(rows, baseline=baseline(config)),
-                      fileio.join(output_dir, RESULTS_FILE))
-        report.write_report(rows, output_dir, title=config.get("title", "BCE vs PWiseR"),
-                            baseline=baseline(config))
-        config_lib.save(config, fileio.join(output_dir, "config.yaml"))
+    with distribute.worker_directory(output_dir, strategy) as write_dir:
+        fileio.make_dirs(write_dir)
+        with fileio.exclusive_lock(write_dir, "experiment directory"):
+            datasets = {name: prepare_dataset(name, spec, write_dir, progress)
+                        for name, spec in config["datasets"].items()}
+            rows = run_cells(cells, datasets, config, output_dir, progress, strategy=strategy)
+            write_results(report.paired_columns(rows, baseline=baseline(config)),
+                          fileio.join(write_dir, RESULTS_FILE))
+            report.write_report(rows, write_dir, title=config.get("title", "BCE vs PWiseR"),
+                                baseline=baseline(config))
+            config_lib.save(config, fileio.join(write_dir, "config.yaml"))
     return rows

@@ -23,7 +23,7 @@ CTCVR and intent AUC, mean and 95% confidence band over the seeds, at the chosen
 other settings.
 """
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -89,9 +89,13 @@ def select(rows: List[dict], metric: str) -> Tuple[str, float]:
     return name, best
 
 
-def run_sweep(config: dict, output_dir: str, progress: bool = True) -> str:
-    """Runs the sweep; writes sweep.csv, sweep.md and the figure; returns the markdown."""
-    from pwiser_tf import report
+def run_sweep(config: dict, output_dir: str, progress: bool = True, strategy=None,
+              virtual_devices: Optional[int] = None) -> str:
+    """Runs the sweep; writes sweep.csv, sweep.md and the figure; returns the markdown.
+
+    `strategy`, `virtual_devices`: as in `experiment.run_experiment`.
+    """
+    from pwiser_tf import distribute
 
     config = config_lib.validate(config)
     if not config.get("datasets"):
@@ -100,17 +104,27 @@ def run_sweep(config: dict, output_dir: str, progress: bool = True) -> str:
     centre, axes = design(config)
     model = (config.get("sweep") or {}).get("model", "mmoe")
     seeds = [int(s) for s in config.get("seeds", [0])]
-    fileio.make_dirs(output_dir)
-    with fileio.exclusive_lock(output_dir, "sweep directory"):
+    strategy = distribute.resolve_strategy(strategy, virtual_devices)  # before any op
+    with distribute.worker_directory(output_dir, strategy) as write_dir:
+        return _sweep(config, output_dir, write_dir, progress, strategy, metric, centre, axes,
+                      model, seeds)
+
+
+def _sweep(config, output_dir, write_dir, progress, strategy, metric, centre, axes, model,
+           seeds) -> str:
+    from pwiser_tf import report
+
+    fileio.make_dirs(write_dir)
+    with fileio.exclusive_lock(write_dir, "sweep directory"):
         name, spec = next(iter(config["datasets"].items()))
-        datasets = {name: experiment.prepare_dataset(name, spec, output_dir, progress)}
+        datasets = {name: experiment.prepare_dataset(name, spec, write_dir, progress)}
 
         def run(points):
             cells = [{"dataset": name, "model": model, "loss": "pwiser", "seed": seed,
                       "variant": variant(p), "overrides": overrides(p)}
                      for p in points for seed in seeds]
             rows = experiment.run_cells(cells, datasets, config, output_dir, progress,
-                                        eval_split="validation")
+                                        eval_split="validation", strategy=strategy)
             by_name = {variant(p): p for p in points}
             for row in rows:
                 row.update(by_name[row["variant"]])
@@ -119,7 +133,7 @@ def run_sweep(config: dict, output_dir: str, progress: bool = True) -> str:
         baseline = experiment.run_cells(
             [{"dataset": name, "model": model, "loss": "bce", "seed": s, "variant": ""}
              for s in seeds], datasets, config, output_dir, progress,
-            eval_split="validation")
+            eval_split="validation", strategy=strategy)
         current, stages, rows = dict(centre), [], {}
         for axis, values in axes:
             points = [dict(current, **{axis: v}) for v in values]
@@ -131,14 +145,14 @@ def run_sweep(config: dict, output_dir: str, progress: bool = True) -> str:
                            "rows": stage_rows})
         all_rows = baseline + list(rows.values())
         experiment.write_results(report.paired_columns(all_rows),
-                                 fileio.join(output_dir, "sweep.csv"))
+                                 fileio.join(write_dir, "sweep.csv"))
         lam = next((s for s in stages if s["axis"] == "pwiser_weight"), None)
         if lam:
-            plot_lambda(lam["rows"], baseline, fileio.join(output_dir, FIGURE))
+            plot_lambda(lam["rows"], baseline, fileio.join(write_dir, FIGURE))
         markdown = sweep_report(baseline, list(rows.values()), stages, current, metric,
                                 FIGURE if lam else None)
-        fileio.atomic_write(fileio.join(output_dir, "sweep.md"), markdown)
-        config_lib.save(config, fileio.join(output_dir, "config.yaml"))
+        fileio.atomic_write(fileio.join(write_dir, "sweep.md"), markdown)
+        config_lib.save(config, fileio.join(write_dir, "config.yaml"))
     return markdown
 
 

@@ -11,7 +11,7 @@ not import it: only the attributes of `fn_args` (`tfx.components.FnArgs`) are re
         eval_args=tfx.proto.EvalArgs(num_steps=200),       # or EvalArgs(): all eval records
         custom_config={"dataset": "aliexpress", "model": "mmoe", "loss": "pwiser",
                        "model_config": {"pwiser_weight": 1.0},
-                       "train": {"batch_size": 2048}})
+                       "train": {"batch_size": 2048}, "strategy": "auto"})
 
 What it reads:
 
@@ -33,7 +33,9 @@ What it reads:
   (`fn_args.schema_path`), and where a column has none, from one pass over the
   train files; a numerical column that SchemaGen (or the records) type as INT is
   read as int64 and cast.
-- options: `custom_config` `model` (default `mmoe`), `loss` (`pwiser`),
+- options: `custom_config` `strategy` (a name of `pwiser_tf.distribute.STRATEGIES`,
+  default `auto`: the model is built and compiled in its scope), `model`
+  (default `mmoe`), `loss` (`pwiser`),
   `model_config` (constructor arguments), `train` (`batch_size` 2048,
   `learning_rate` 1e-3, `weight_decay` 1e-6, `epochs` 1 when `train_steps` is
   None, `seed` 0); `fn_args.hyperparameters` (a KerasTuner `HyperParameters`
@@ -116,11 +118,12 @@ def train(fn_args) -> Dict[str, float]:
     """`run_fn`'s work, on tf-keras."""
     import tensorflow as tf
 
-    from pwiser_tf import models, training
+    from pwiser_tf import distribute, models, training
     from pwiser_tf.fileio import write_json
     from pwiser_tf.pipelines import make_dataset
 
     config = dict(fn_args.custom_config or {})
+    strategy = distribute.resolve_strategy(config.get("strategy", "auto"))  # before any op
     train_config, model_config = _options(config, getattr(fn_args, "hyperparameters", None))
     train_files = match_files(fn_args.train_files, "train_files")
     eval_files = match_files(fn_args.eval_files, "eval_files")
@@ -131,13 +134,14 @@ def train(fn_args) -> Dict[str, float]:
 
     tf.keras.backend.clear_session()  # layer names as in a fresh process (warm starts)
     tf.keras.utils.set_random_seed(seed)
-    model = training.build_compiled(config.get("model", "mmoe"), schema, model_config,
-                                    train_config)
     train_ds = make_dataset(train_files, batch_size, schema=schema, shuffle=True,
                             repeat=train_steps is not None, seed=seed)
     eval_ds = make_dataset(eval_files, batch_size, schema=schema,
                            repeat=eval_steps is not None)
-    model(next(iter(eval_ds))[0])  # build the variables
+    with strategy.scope():
+        model = training.build_compiled(config.get("model", "mmoe"), schema, model_config,
+                                        train_config)
+        model(next(iter(eval_ds))[0])  # build the variables
     if getattr(fn_args, "base_model", None):
         warm_start(model, fn_args.base_model)
     callbacks = []

@@ -11,6 +11,7 @@ hash of each dataset's `metadata.json`. The run directory holds:
     checkpoints/       the best weights (by validation CTCVR AUC)
     saved_model/       the exported model, with the training metadata in assets.extra/
     history.json       per-epoch training and validation metrics, all epochs
+    logs/              TensorBoard logs: the loss, its parts and the AUCs, per epoch
     metrics.json       written last: its presence marks a finished run
     staging/           a run in progress (the same layout, plus state.json and backup/)
     .lock              one writer at a time (its holder's process id)
@@ -22,10 +23,19 @@ staged one where it stopped: after the last finished epoch (with its history,
 early-stopping state and best checkpoint), after training (export), or after
 the export (scoring). Rerunning with another fingerprint is refused unless
 `overwrite=True` (`pwiser-tf train --overwrite`); the two are never mixed.
+
+Under a `tf.distribute` strategy (`strategy=`, see `pwiser_tf.distribute`) the
+model is built, compiled and its variables created inside the strategy's scope,
+the data reaches the replicas through `distribute_datasets_from_function`, and
+shapes are static (whole batches, multi-valued fields padded to
+`train.multi_valued_length`). With several workers only the chief writes the run
+directory; the others train in step with it in temporary folders they remove,
+and resume from the chief's staged state.
 """
 import dataclasses
 import hashlib
 import json
+import contextlib
 import math
 import os
 import tempfile
@@ -35,7 +45,7 @@ from typing import Dict, Optional
 import tensorflow as tf
 
 from pwiser_tf import config as config_lib
-from pwiser_tf import evaluation, fileio, metrics
+from pwiser_tf import distribute, evaluation, fileio, metrics
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.schema import METADATA_FILE, Metadata
 
@@ -47,9 +57,12 @@ STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
 CONFIG_FILE = "config.yaml"
 STAGING_DIR = "staging"
+LOGS_DIR = "logs"
+# How long a worker other than the chief waits for the chief's result after training.
+WORKER_WAIT_SECONDS = 3600.0
 BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")
 # Moved from staging/ into the run directory when a run finishes; metrics.json last.
-PUBLISHED = (CONFIG_FILE, HISTORY_FILE, "checkpoints", evaluation.SAVED_MODEL_DIR)
+PUBLISHED = (CONFIG_FILE, HISTORY_FILE, "checkpoints", evaluation.SAVED_MODEL_DIR, LOGS_DIR)
 LOSSES = ("bce", "pwiser")
 MONITOR = "val_ctcvr_auc"
 
@@ -65,28 +78,36 @@ def check_choice(kind: str, value: str, choices) -> None:
 
 
 class EpochProgress(tf.keras.callbacks.Callback):
-    """A tqdm bar over epochs, with the monitored validation metric, and the
-    training throughput (examples/s, validation excluded)."""
+    """tqdm bars over the epochs, with the monitored validation metric, and over
+    the training steps of each epoch (`steps` per epoch, when known); it measures
+    the training throughput (examples/s, validation excluded). `enabled=False`
+    hides the bars and still measures."""
 
     def __init__(self, total_epochs: int, batch_size: int, description: str = "",
-                 enabled: bool = True):
+                 enabled: bool = True, steps: Optional[int] = None):
         super().__init__()
         self.total_epochs, self.batch_size = total_epochs, batch_size
-        self.description, self.enabled = description, enabled
-        self.examples, self.seconds, self._bar = 0, 0.0, None
+        self.description, self.enabled, self.steps = description, enabled, steps
+        self.examples, self.seconds, self._bar, self._steps_bar = 0, 0.0, None, None
 
     def on_train_begin(self, logs=None):
         from tqdm.auto import tqdm
         self._bar = tqdm(total=self.total_epochs, desc=self.description or "epochs",
                          unit="epoch", disable=not self.enabled, leave=False)
+        self._steps_bar = tqdm(total=self.steps, desc="steps", unit="step", position=1,
+                               disable=not self.enabled, leave=False)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._steps, self._start = 0, time.perf_counter()
         if self._bar is not None and self._bar.n < epoch:
             self._bar.update(epoch - self._bar.n)  # resumed
+        if self._steps_bar is not None:
+            self._steps_bar.reset(total=self.steps)
 
     def on_train_batch_end(self, batch, logs=None):
         self._steps += 1
+        if self._steps_bar is not None:
+            self._steps_bar.update(1)
 
     def on_test_begin(self, logs=None):
         # Validation runs inside fit after the epoch's training steps.
@@ -102,6 +123,7 @@ class EpochProgress(tf.keras.callbacks.Callback):
         self._bar.update(1)
 
     def on_train_end(self, logs=None):
+        self._steps_bar.close()
         self._bar.close()
 
     @property
@@ -123,15 +145,20 @@ class TrainingState(tf.keras.callbacks.Callback):
       patience: epochs without improvement of `monitor` before training stops.
       monitor: the validation metric to maximize.
       progress: an `EpochProgress` whose throughput counts are kept across resumes.
+      resume_from: another staging directory to resume from when `directory` has
+        no state (a worker that is not the chief resumes from the chief's).
     """
 
     def __init__(self, directory: str, patience: int, monitor: str = MONITOR,
-                 progress: Optional[EpochProgress] = None):
+                 progress: Optional[EpochProgress] = None,
+                 resume_from: Optional[str] = None):
         super().__init__()
         self.directory, self.patience, self.monitor = directory, patience, monitor
         self.progress = progress
-        path = fileio.join(directory, STATE_FILE)
-        self.state = fileio.read_json(path) if gfile.exists(path) else {
+        self._sources = [directory] + ([resume_from] if resume_from else [])
+        paths = [fileio.join(d, STATE_FILE) for d in self._sources]
+        path = next((p for p in paths if gfile.exists(p)), None)
+        self.state = fileio.read_json(path) if path else {
             "phase": "train", "epoch": 0, "history": {}, "best": None, "best_epoch": 0,
             "wait": 0, "stopped": False, "checkpoint": None, "examples": 0, "seconds": 0.0}
         self._base = (self.state["examples"], self.state["seconds"])
@@ -151,17 +178,20 @@ class TrainingState(tf.keras.callbacks.Callback):
     def _checkpoint(self, model):
         return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
 
+    def _find(self, name: str) -> str:
+        """The checkpoint `name` in this run's directory, or where it resumed from."""
+        paths = [fileio.join(d, name) for d in self._sources]
+        return next((p for p in paths if gfile.exists(p + ".index")), paths[0])
+
     def restore(self, model) -> None:
         if self.state["checkpoint"]:
             model.optimizer.build(model.trainable_variables)
-            self._checkpoint(model).read(
-                fileio.join(self.directory, self.state["checkpoint"])).expect_partial()
+            self._checkpoint(model).read(self._find(self.state["checkpoint"])).expect_partial()
 
     def restore_best(self, model) -> None:
         best = self.state.get("best_checkpoint")
         if best:
-            tf.train.Checkpoint(model=model).read(
-                fileio.join(self.directory, best)).expect_partial()
+            tf.train.Checkpoint(model=model).read(self._find(best)).expect_partial()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -210,14 +240,23 @@ def _model_kwargs(config: dict, model_name: str, loss: str) -> dict:
     return kwargs
 
 
-def build_compiled(model_name: str, schema, model_config: dict, train_config: dict):
-    """The registry's model, compiled with the reference optimizer."""
+def build_compiled(model_name: str, schema, model_config: dict, train_config: dict,
+                   jit_compile: Optional[bool] = None):
+    """The registry's model, compiled with the reference optimizer.
+
+    Call it inside a strategy's scope to create the variables there. Under the
+    `mixed_float16` policy tf-keras wraps the optimizer in a `LossScaleOptimizer`.
+    """
     from pwiser_tf import models
 
     model = models.build_model(model_name, schema, **model_config)
     model.compile(optimizer=models.reference_optimizer(
         learning_rate=float(train_config.get("learning_rate", 1e-3)),
-        weight_decay=float(train_config.get("weight_decay", 1e-6))))
+        weight_decay=float(train_config.get("weight_decay", 1e-6))),
+        jit_compile=jit_compile)
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        # The task's metrics are global already; Keras would sum them over the workers.
+        model.distribute_reduction_method = "first"
     return model
 
 
@@ -432,47 +471,100 @@ class RunDirectory:
 def train_run(data_dir: str, output_dir: str, model_name: str, loss: str, seed: int,
               config: dict, eval_data_dir: Optional[str] = None,
               eval_split: Optional[str] = None, progress: bool = True,
-              overwrite: bool = False) -> Dict[str, float]:
+              overwrite: bool = False, strategy=None,
+              virtual_devices: Optional[int] = None) -> Dict[str, float]:
     """Trains, exports and evaluates one run; returns (and writes) its metrics.
 
     A finished run with the same settings is returned as is; an unfinished one
     resumes; a run with other settings in `output_dir` raises `InputError`
     unless `overwrite` (then the new run replaces it once it has finished).
+
+    `strategy`: a `tf.distribute.Strategy` or a name of `distribute.STRATEGIES`
+    (with `virtual_devices`, see `distribute.resolve_strategy`); `None` trains
+    under the strategy whose scope is active, if any. A worker that is not the
+    chief trains in step with it, writes nothing under `output_dir` and returns
+    the chief's metrics once the chief has published them (`output_dir` must be
+    shared by the workers, e.g. on `gs://`).
     """
+    strategy = distribute.resolve_strategy(strategy, virtual_devices)  # before any op
     spec = resolve_run(data_dir, model_name, loss, seed, config, eval_data_dir, eval_split)
+    if not distribute.is_chief(strategy):
+        return _worker_run(output_dir, spec, strategy)
     run = RunDirectory(output_dir)
     with run.lock():
         finished = run.check(spec.settings, overwrite)
         if finished is not None:
             return finished
         staging = run.start(spec)
-        result = _run_in(staging, spec, progress)
+        result = _run_in(staging, spec, progress, strategy)
         run.publish()
     return result
 
 
-def _run_in(staging: str, spec: RunSpec, progress: bool) -> Dict[str, float]:
-    """Trains (or resumes), exports and scores in `staging`; writes its metrics.json."""
+def _worker_run(output_dir: str, spec: RunSpec, strategy,
+                wait_seconds: float = WORKER_WAIT_SECONDS) -> Dict[str, float]:
+    """A worker other than the chief: the same steps in a temporary folder, resuming
+    from the chief's staged state (whose checks the chief makes); then the chief's
+    published metrics."""
+    key = fingerprint(spec.settings)
+    finished = _published(output_dir, key)
+    if finished is not None:
+        return finished
+    staged = fileio.join(output_dir, STAGING_DIR)
+    staged_run = fileio.join(staged, RUN_FILE)
+    resume = gfile.exists(staged_run) and fileio.read_json(staged_run)["fingerprint"] == key
+    with distribute.worker_directory(output_dir, strategy) as folder:
+        _run_in(folder, spec, False, strategy, resume_from=staged if resume else None)
+    deadline = time.monotonic() + wait_seconds
+    while (finished := _published(output_dir, key)) is None:
+        if time.monotonic() > deadline:
+            raise InputError(f"{output_dir}: {distribute.task_name(strategy)} finished "
+                             f"training, but the chief published no result within "
+                             f"{wait_seconds:g} s")
+        time.sleep(0.5)
+    return finished
+
+
+def _published(output_dir: str, key: str) -> Optional[dict]:
+    """The metrics of the finished run in `output_dir` if its fingerprint is `key`."""
+    recorded = fileio.join(output_dir, RUN_FILE)
+    metrics_path = fileio.join(output_dir, METRICS_FILE)
+    if gfile.exists(metrics_path) and gfile.exists(recorded) \
+            and fileio.read_json(recorded)["fingerprint"] == key:
+        return fileio.read_json(metrics_path)
+    return None
+
+
+def _run_in(staging: str, spec: RunSpec, progress: bool, strategy=None,
+            resume_from: Optional[str] = None) -> Dict[str, float]:
+    """Trains (or resumes), exports and scores in `staging`; writes its metrics.json.
+
+    A worker other than the chief stops after the export (which, like training,
+    every worker runs) and returns its task and epochs.
+    """
     from pwiser_tf import models  # the networks need tf-keras; load them only to train
 
+    strategy = strategy or tf.distribute.get_strategy()
     train_cfg = spec.train
     batch_size, epochs = int(train_cfg["batch_size"]), int(train_cfg["epochs"])
+    inputs = Inputs(spec.data_dir, spec.metadata, train_cfg, strategy)
     progress_cb = EpochProgress(epochs, batch_size,
-                                f"{spec.model}/{spec.loss}/seed{spec.seed}", enabled=progress)
-    state = TrainingState(staging, int(train_cfg["patience"]), progress=progress_cb)
+                                f"{spec.model}/{spec.loss}/seed{spec.seed}", enabled=progress,
+                                steps=inputs.steps("train"))
+    state = TrainingState(staging, int(train_cfg["patience"]), progress=progress_cb,
+                          resume_from=resume_from)
     saved = fileio.join(staging, evaluation.SAVED_MODEL_DIR)
     model = None
     if state.state["phase"] == "train":
-        model = fit(spec, state, progress_cb)
+        model = fit(spec, state, progress_cb, strategy)
         extra = {}
         if hasattr(model, "temperatures"):  # AdaFTR: where its temperatures sit
-            from pwiser_tf.pipelines import make_dataset
             extra["temperature_histogram"] = temperature_histogram(
-                model, make_dataset(spec.data_dir, batch_size, split="validation"))
+                model, inputs.dataset("validation", seed=spec.seed))
         state.commit(phase="export", extra=extra)
     if state.state["phase"] == "export":
         if model is None:  # killed while exporting: the trained weights, no training
-            model = build_model(spec)
+            model = build_model(spec, strategy)
             state.restore_best(model)
         with gfile.GFile(fileio.join(spec.data_dir, METADATA_FILE), "rb") as f:
             trained_on = f.read()
@@ -480,6 +572,9 @@ def _run_in(staging: str, spec: RunSpec, progress: bool) -> Dict[str, float]:
                                   assets_extra={METADATA_FILE: trained_on},
                                   id_maps=id_maps(spec.data_dir, spec.metadata))
         state.commit(phase="score")
+    if not distribute.is_chief(strategy):
+        return {"task": distribute.task_name(strategy),
+                "epochs_trained": len(state.state["history"].get(MONITOR, []))}
     labels, predictions = evaluation.predict_split(staging, spec.eval_dir, spec.eval_split)
     result = metrics.ctr_cvr_metrics(labels, predictions)
     history = state.state["history"]
@@ -491,6 +586,7 @@ def _run_in(staging: str, spec: RunSpec, progress: bool) -> Dict[str, float]:
         "best_val_ctcvr_auc": float(state.state["best"]) if state.state["best"] is not None
         else float("nan"),
         "eval_split": spec.eval_split,
+        "replicas": int(strategy.num_replicas_in_sync),  # the devices it trained on
     })
     result.update(state.state.get("extra") or {})
     fileio.write_json(fileio.join(staging, HISTORY_FILE), history)
@@ -498,52 +594,134 @@ def _run_in(staging: str, spec: RunSpec, progress: bool) -> Dict[str, float]:
     return result
 
 
-def build_model(spec: RunSpec):
+def build_model(spec: RunSpec, strategy=None):
     """The run's compiled model, its variables built, so a checkpoint can be restored."""
     model, _, _ = seeded_start(spec.data_dir, spec.model, spec.model_config, spec.train,
-                               spec.seed, spec.metadata.schema)
+                               spec.seed, spec.metadata.schema, strategy=strategy)
     return model
 
 
-def fit(spec: RunSpec, state: TrainingState, progress_cb: EpochProgress):
+def fit(spec: RunSpec, state: TrainingState, progress_cb: EpochProgress, strategy=None):
     """Builds the model, restores the last committed epoch, trains the remaining
     epochs with early stopping, and returns the model at its best epoch (also
-    saved as checkpoints/best.weights.h5)."""
+    saved as checkpoints/best.weights.h5). TensorBoard logs go to `logs/`."""
     train_cfg = spec.train
     epochs = int(train_cfg["epochs"])
+    strategy = strategy or tf.distribute.get_strategy()
     model, train_ds, val_ds = seeded_start(spec.data_dir, spec.model, spec.model_config,
                                            train_cfg, spec.seed + state.initial_epoch,
-                                           spec.metadata.schema)
+                                           spec.metadata.schema, strategy=strategy)
     state.restore(model)
     if not state.training_done(epochs):
+        inputs = Inputs(spec.data_dir, spec.metadata, train_cfg, strategy)
+        board = tf.keras.callbacks.TensorBoard(fileio.join(state.directory, LOGS_DIR),
+                                               write_graph=False, profile_batch=0)
         model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                  initial_epoch=state.initial_epoch, callbacks=[progress_cb, state],
-                  verbose=0)
+                  initial_epoch=state.initial_epoch, callbacks=[progress_cb, state, board],
+                  steps_per_epoch=inputs.fit_steps("train"),
+                  validation_steps=inputs.fit_steps("validation"), verbose=0)
     state.restore_best(model)
     save_weights(model, fileio.join(state.directory, BEST_WEIGHTS))
     return model
 
 
 def seeded_start(data_dir: str, model_name: str, model_config: dict, train_config: dict,
-                 seed: int, schema=None):
+                 seed: int, schema=None, strategy=None):
     """The built, compiled model and the train and validation datasets of a run.
 
     The seed alone sets the initial weights and the order of the training data,
     whatever the loss: a BCE and a PWiseR run of one seed (or two variants that
     add no variables before the shared ones) start from the same weights and see
     the same batches, so their results form a pair.
-    """
-    from pwiser_tf.pipelines import make_dataset
 
-    tf.keras.backend.clear_session()
+    The model is built in `strategy`'s scope (default: the active one), under the
+    `train_config["mixed_precision"]` policy, and the datasets are distributed
+    over its replicas (see `Inputs`).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    scope = _strategy_scope(strategy)
     tf.keras.utils.set_random_seed(seed)
-    batch_size = int(train_config.get("batch_size", 2048))
-    train_ds = make_dataset(data_dir, batch_size, split="train", shuffle=True, seed=seed)
-    val_ds = make_dataset(data_dir, batch_size, split="validation", shuffle=False)
-    schema = schema if schema is not None else Metadata.load(data_dir).schema
-    model = build_compiled(model_name, schema, model_config, train_config)
-    model(next(iter(val_ds))[0])  # build the variables, so a checkpoint can be restored
-    return model, train_ds, val_ds
+    metadata = Metadata.load(data_dir)
+    schema = schema if schema is not None else metadata.schema
+    inputs = Inputs(data_dir, metadata, train_config, strategy)
+    jit_compile = train_config.get("jit_compile")
+    jit_compile = distribute.is_tpu(strategy) if jit_compile is None else bool(jit_compile)
+    with scope, distribute.precision_policy(train_config.get("mixed_precision") or "off"):
+        model = build_compiled(model_name, schema, model_config, train_config,
+                               jit_compile=jit_compile)
+        # Build the variables (in the scope), so that a checkpoint can be restored.
+        model(next(iter(inputs.dataset("validation")))[0])
+    return (model, inputs.distributed("train", seed=seed),
+            inputs.distributed("validation"))
+
+
+def _strategy_scope(strategy):
+    """The scope to build a model in. A scope the caller entered stays as it is
+    (clearing the Keras session inside it would drop the strategy); otherwise
+    the session is cleared and `strategy`'s scope entered."""
+    if tf.distribute.has_strategy():
+        if tf.distribute.get_strategy() is not strategy:
+            raise InputError("strategy= differs from the strategy whose scope is active; "
+                             "pass that strategy, or None")
+        return contextlib.nullcontext()
+    tf.keras.backend.clear_session()
+    return strategy.scope()
+
+
+class Inputs:
+    """A run's training and validation data, per input pipeline of its strategy.
+
+    Without distribution each split is read once per epoch, as converted. Under a
+    strategy or XLA (`train.jit_compile`) shapes are static: whole batches, and
+    multi-valued fields padded or cut to `train.multi_valued_length`. Under a
+    strategy the data goes through `distribute_datasets_from_function` (each
+    input pipeline reads its own part, in batches of global // replicas), and
+    every split is repeated and cut to `rows // batch_size` global steps, so every
+    worker and replica runs the same steps (the workers' shards differ in size).
+    """
+
+    def __init__(self, data_dir: str, metadata: Metadata, train_config: dict, strategy):
+        self.data_dir, self.metadata, self.strategy = data_dir, metadata, strategy
+        self.batch_size = int(train_config.get("batch_size", 2048))
+        self.distributed_mode = distribute.is_distributed(strategy)
+        static = self.distributed_mode or bool(train_config.get("jit_compile")) \
+            or distribute.is_tpu(strategy)
+        length = int(train_config.get("multi_valued_length") or 64)
+        self.shapes = ({"drop_remainder": True, "multi_valued_length": length}
+                       if static else {})
+
+    def steps(self, split: str) -> Optional[int]:
+        """Global steps in one pass over `split`."""
+        rows = _rows(self.metadata, split)
+        if rows is None:
+            return None
+        if self.shapes:
+            return max(1, rows // self.batch_size)
+        return -(-rows // self.batch_size)
+
+    def fit_steps(self, split: str) -> Optional[int]:
+        """`steps_per_epoch` / `validation_steps` for `fit`: set under a strategy."""
+        return self.steps(split) if self.distributed_mode else None
+
+    def dataset(self, split: str, input_context=None, seed: Optional[int] = None):
+        """One input pipeline's batches of `split` (training: shuffled with `seed`)."""
+        from pwiser_tf.pipelines import make_dataset
+
+        training = split == "train"
+        steps = self.fit_steps(split)
+        ds = make_dataset(self.data_dir, self.batch_size, split=split, shuffle=training,
+                          seed=seed if training else None, input_context=input_context,
+                          repeat=steps is not None, **self.shapes)
+        if steps is not None and not training:  # the same batches at every validation
+            per_step = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
+                        if input_context else 1)
+            ds = ds.take(steps * per_step)
+        return ds
+
+    def distributed(self, split: str, seed: Optional[int] = None):
+        """`split` for `fit`: through `distribute_datasets_from_function` under a strategy."""
+        return distribute.distribute_datasets(
+            self.strategy, lambda context: self.dataset(split, context, seed))
 
 
 def save_weights(model, path: str) -> None:

@@ -93,4 +93,5 @@ def test_every_packaged_config_is_valid_and_values_are_coerced():
     assert config.validate(cfg)["train"]["learning_rate"] == 0.001
     assert config.train_settings({"train": {"epochs": 3}}) == {
         "epochs": 3, "batch_size": 2048, "patience": 2, "learning_rate": 1e-3,
-        "weight_decay": 1e-6}
+        "weight_decay": 1e-6, "mixed_precision": "off", "jit_compile": None,
+        "multi_valued_length": 64}

@@ -15,6 +15,23 @@ def add_grid_arguments(parser) -> None:
     parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
     parser.add_argument("--output", required=True, metavar="DIR")
     add_config_arguments(parser)
+    add_device_arguments(parser)
+
+
+def add_device_arguments(parser) -> None:
+    """Where and how the runs train: strategy, virtual devices, precision."""
+    from pwiser_tf.distribute import PRECISIONS, STRATEGIES
+
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                        help="tf.distribute strategy (default auto: a TPU when attached, "
+                             "mirrored over several GPUs, else one device); multi-worker "
+                             "reads the cluster from TF_CONFIG")
+    parser.add_argument("--virtual-devices", type=int, metavar="N",
+                        help="split the first GPU (or the CPU) into N logical devices, to "
+                             "try a strategy on one device")
+    parser.add_argument("--mixed-precision", choices=tuple(PRECISIONS),
+                        help="train.mixed_precision: off (float32), bf16 or fp16 "
+                             "(the heads' outputs and the loss stay float32)")
 
 
 def add_config_arguments(parser) -> None:

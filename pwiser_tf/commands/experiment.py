@@ -20,12 +20,14 @@ def run(args):
 
     config = resolve_config(args, "default", {
         "models": args.models, "losses": args.losses, "seeds": args.seeds,
-        "train.epochs": args.epochs})
+        "train.epochs": args.epochs, "train.mixed_precision": args.mixed_precision})
     if args.data:
         config["datasets"] = {os.path.basename(os.path.normpath(d)): {"data": d}
                               for d in args.data}
     set_synthetic_rows(config, args.rows)
-    rows = experiment.run_experiment(config, args.output, progress=progress_enabled(args))
+    rows = experiment.run_experiment(config, args.output, progress=progress_enabled(args),
+                                     strategy=args.strategy,
+                                     virtual_devices=args.virtual_devices)
     baseline = experiment.baseline(config)
     print(report.markdown_table(report.comparison(rows, baseline=baseline)))
     if any("intent_auc" in r for r in rows):

@@ -22,9 +22,11 @@ def run(args):
 
     config = resolve_config(args, "sweep", {
         "sweep.model": args.model, "sweep.axes.pwiser_weight": args.weights,
-        "sweep.axes.margin": args.margins, "seeds": args.seeds, "train.epochs": args.epochs})
+        "sweep.axes.margin": args.margins, "seeds": args.seeds, "train.epochs": args.epochs,
+        "train.mixed_precision": args.mixed_precision})
     if args.data:
         config["datasets"] = {os.path.basename(os.path.normpath(args.data)): {"data": args.data}}
     set_synthetic_rows(config, args.rows)
-    print(sweep.run_sweep(config, args.output, progress=progress_enabled(args)))
+    print(sweep.run_sweep(config, args.output, progress=progress_enabled(args),
+                          strategy=args.strategy, virtual_devices=args.virtual_devices))
     return 0

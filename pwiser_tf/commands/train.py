@@ -1,7 +1,8 @@
 """`pwiser-tf train`: one model, one loss, one seed."""
 import json
 
-from pwiser_tf.commands import add_config_arguments, progress_enabled, resolve_config
+from pwiser_tf.commands import (add_config_arguments, add_device_arguments, progress_enabled,
+                                resolve_config)
 
 
 def add_arguments(parser):
@@ -25,6 +26,7 @@ def add_arguments(parser):
                         help="replace a run with other settings in DIR (only once the new "
                              "run has finished; until then the old result stays)")
     add_config_arguments(parser)
+    add_device_arguments(parser)
 
 
 def run(args):
@@ -34,9 +36,11 @@ def run(args):
         "train.epochs": args.epochs, "train.batch_size": args.batch_size,
         "train.learning_rate": args.learning_rate, "train.patience": args.patience,
         "pwiser.pwiser_weight": args.pwiser_weight, "pwiser.margin_click": args.margin_click,
-        "pwiser.margin_nonclick": args.margin_nonclick})
+        "pwiser.margin_nonclick": args.margin_nonclick,
+        "train.mixed_precision": args.mixed_precision})
     result = training.train_run(args.data, args.output, args.model, args.loss, args.seed,
                                 config, eval_data_dir=args.eval_data,
-                                progress=progress_enabled(args), overwrite=args.overwrite)
+                                progress=progress_enabled(args), overwrite=args.overwrite,
+                                strategy=args.strategy, virtual_devices=args.virtual_devices)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
