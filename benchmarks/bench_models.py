@@ -13,6 +13,11 @@ PWiseR term on its own (value and gradient), as fractions of the step time.
 
     python benchmarks/bench_models.py                        # all models, 3 settings
     python benchmarks/bench_models.py --models mmoe --xla    # add XLA settings
+    python benchmarks/bench_models.py --models mmoe --onednn default --precisions off,bf16
+
+`--precisions` times each setting under each `--mixed-precision` policy (`off` is
+float32, `bf16` mixed_bfloat16: bfloat16 activations and matmuls, float32
+weights, heads, loss and metrics).
 """
 import argparse
 import json
@@ -35,7 +40,7 @@ def worker(args):
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import tensorflow as tf
 
-    from pwiser_tf import models
+    from pwiser_tf import distribute, models
     from pwiser_tf.pipelines.schema import Field, Schema
 
     schema = Schema("aliexpress_like",
@@ -61,8 +66,9 @@ def worker(args):
     def step_seconds(name, **config):
         tf.keras.backend.clear_session()
         tf.keras.utils.set_random_seed(0)
-        model = models.build_model(name, schema, **config)
-        model.compile(optimizer=models.reference_optimizer(), jit_compile=args.xla)
+        with distribute.precision_policy(args.precision):
+            model = models.build_model(name, schema, **config)
+            model.compile(optimizer=models.reference_optimizer(), jit_compile=args.xla)
         times = StepTimes()
         model.fit(data, steps_per_epoch=args.warmup + args.steps, epochs=1, verbose=0,
                   callbacks=[times])
@@ -105,23 +111,30 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--xla", action="store_true", help="also time jit_compile=True")
     parser.add_argument("--no-pwiser", dest="pwiser", action="store_false")
+    parser.add_argument("--onednn", type=lambda s: s.split(","), default=["default", "0", "1"],
+                        help="TF_ENABLE_ONEDNN_OPTS settings to time (default,0,1)")
+    parser.add_argument("--precisions", type=lambda s: s.split(","), default=["off"],
+                        help="--mixed-precision policies to time, e.g. off,bf16")
+    parser.add_argument("--precision", default="off", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
 
-    settings = [("default", False), ("0", False), ("1", False)]
+    settings = [(onednn, False, p) for p in args.precisions for onednn in args.onednn]
     if args.xla:
-        settings += [("0", True), ("1", True)]
+        settings += [(o, True, p) for p in args.precisions for o in args.onednn
+                     if o != "default"]
     table = {}
     for round_ in range(args.rounds):
-        for onednn, xla in settings:
-            label = f"oneDNN={onednn}{'+XLA' if xla else ''}"
+        for onednn, xla, precision in settings:
+            label = (f"oneDNN={onednn}{'+XLA' if xla else ''}"
+                     + (f" {precision}" if precision != "off" else ""))
             print(f"round {round_ + 1}: {label} ...", file=sys.stderr, flush=True)
             command = [sys.executable, os.path.abspath(__file__), "--worker",
                        "--models", ",".join(args.models),
                        "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-                       "--steps", str(args.steps)]
+                       "--steps", str(args.steps), "--precision", precision]
             command += (["--xla"] if xla else []) + ([] if args.pwiser else ["--no-pwiser"])
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
             env.pop("TF_ENABLE_ONEDNN_OPTS", None)
@@ -139,11 +152,11 @@ def main():
     print(f"batch {args.batch_size}: training examples/s (median step of {args.steps} after "
           f"{args.warmup} warm-up, best of {args.rounds} rounds); last column: best "
           f"setting / TensorFlow's default")
-    print(f"{'model':<14}" + "".join(f"{l:>16}" for l in labels) + f"{'best/default':>14}")
+    print(f"{'model':<14}" + "".join(f"{l:>21}" for l in labels) + f"{'best/default':>14}")
     rows = list(args.models) + (["mmoe+pwiser"] if args.pwiser else [])
     for name in rows:
         rates = [args.batch_size / table[l][name] for l in labels]
-        print(f"{name:<14}" + "".join(f"{r:>16.0f}" for r in rates)
+        print(f"{name:<14}" + "".join(f"{r:>21.0f}" for r in rates)
               + f"{max(rates) / rates[0]:>14.2f}")
     if args.pwiser:
         for l in labels:

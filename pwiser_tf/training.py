@@ -487,6 +487,7 @@ def train_run(data_dir: str, output_dir: str, model_name: str, loss: str, seed: 
     shared by the workers, e.g. on `gs://`).
     """
     strategy = distribute.resolve_strategy(strategy, virtual_devices)  # before any op
+    _strategy_scope(strategy, check_only=True)
     spec = resolve_run(data_dir, model_name, loss, seed, config, eval_data_dir, eval_split)
     if not distribute.is_chief(strategy):
         return _worker_run(output_dir, spec, strategy)
@@ -499,6 +500,17 @@ def train_run(data_dir: str, output_dir: str, model_name: str, loss: str, seed: 
         result = _run_in(staging, spec, progress, strategy)
         run.publish()
     return result
+
+
+def _outside_strategy_scope(function, *args):
+    """`function(*args)` outside any strategy scope the caller entered (scopes are
+    per thread): the exported model serves on one device, as in production."""
+    if not tf.distribute.has_strategy():
+        return function(*args)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args).result()
 
 
 def _worker_run(output_dir: str, spec: RunSpec, strategy,
@@ -575,7 +587,8 @@ def _run_in(staging: str, spec: RunSpec, progress: bool, strategy=None,
     if not distribute.is_chief(strategy):
         return {"task": distribute.task_name(strategy),
                 "epochs_trained": len(state.state["history"].get(MONITOR, []))}
-    labels, predictions = evaluation.predict_split(staging, spec.eval_dir, spec.eval_split)
+    labels, predictions = _outside_strategy_scope(
+        evaluation.predict_split, staging, spec.eval_dir, spec.eval_split)
     result = metrics.ctr_cvr_metrics(labels, predictions)
     history = state.state["history"]
     monitored = history.get(MONITOR, [])
@@ -655,7 +668,7 @@ def seeded_start(data_dir: str, model_name: str, model_config: dict, train_confi
             inputs.distributed("validation"))
 
 
-def _strategy_scope(strategy):
+def _strategy_scope(strategy, check_only: bool = False):
     """The scope to build a model in. A scope the caller entered stays as it is
     (clearing the Keras session inside it would drop the strategy); otherwise
     the session is cleared and `strategy`'s scope entered."""
@@ -664,6 +677,8 @@ def _strategy_scope(strategy):
             raise InputError("strategy= differs from the strategy whose scope is active; "
                              "pass that strategy, or None")
         return contextlib.nullcontext()
+    if check_only:
+        return None
     tf.keras.backend.clear_session()
     return strategy.scope()
 
