@@ -40,7 +40,8 @@ class CtrCvrModel(tfrs.Model):
         loss of a two-headed Keras model compiled with `PWiseRLoss(pwiser_weight=
         lambda)` on its CTR output and `binary_crossentropy` on its CTCVR output.
       pwiser_weight, pwiser_head, pwiser_scores, margin_click, margin_nonclick,
-      squared, normalization: PWiseR's options (`CtrCvrTask`); used with
+      squared, normalization: PWiseR's options (`CtrCvrTask`; the defaults were
+        tuned on the built-in synthetic data, docs/sweep.md); used with
         `loss="pwiser"`, and a `pwiser_weight` of 0 turns the term off.
       pairs: under a `tf.distribute` strategy, the rows that PWiseR pairs (and
         AdaFTR contrasts): `global` (default, all replicas: one step equals one

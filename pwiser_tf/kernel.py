@@ -41,10 +41,14 @@ import tensorflow as tf
 from pwiser_tf.errors import InputError
 
 # Defaults of the papers' open constants, chosen by `pwiser-tf sweep` (docs/sweep.md):
-# the best intent AUC on the built-in synthetic data.
+# the best validation CTCVR AUC on the built-in *synthetic* AliExpress-like data (small
+# MMoE, batch 512, the loss BCE(ctr) + BCE(ctcvr) + lambda * PWiseR, PWiseR on pCTR
+# probabilities, anchor normalisation). Tune them on your own data's validation split;
+# under anchor normalisation lambda's strength grows with the batch size
+# (docs/batch_size.md): about lambda / 4 at batch 2048.
 MARGIN_CLICK = 0.1
 MARGIN_NONCLICK = 0.1
-PWISER_WEIGHT = 1.0
+PWISER_WEIGHT = 0.03
 
 NORMALIZATIONS = ("anchor", "pair")
 CONVERSION_WITHOUT_CLICK = ("error", "as_click")
