@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
@@ -88,26 +89,43 @@ def free_ports(count):
     return ports
 
 
-def test_two_workers_on_localhost_write_exactly_one_complete_run(data, tmp_path):
+def start_workers(data, out, temp, epochs):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    out, temp = tmp_path / "shared", tmp_path / "tmp"
-    temp.mkdir()
     procs = []
     for index in range(2):
         env = dict(os.environ, TMPDIR=str(temp), TF_CONFIG=json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}))
         procs.append(cli("train", "--data", data, "--model", "mmoe", "--loss", "pwiser",
-                         "--epochs", 1, "--output", out, "--strategy", "multi-worker",
-                         *TINY, env=env))
-    chief, worker = [finish(p) for p in procs]
+                         "--epochs", epochs, "--patience", 5, "--output", out,
+                         "--strategy", "multi-worker", *TINY, env=env))
+    return procs
+
+
+def test_two_workers_on_localhost_resume_and_write_exactly_one_complete_run(data, tmp_path):
+    """Both workers get the same --output; killed after the first epoch and started
+    again, they resume from the chief's staged state and finish one run."""
+    out, temp = tmp_path / "shared", tmp_path / "tmp"
+    temp.mkdir()
+    procs = start_workers(data, out, temp, epochs=2)
+    state = out / "staging" / "state.json"
+    while not (state.is_file() and json.loads(state.read_text())["epoch"] >= 1):
+        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-4000:]
+        time.sleep(0.2)
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+    assert json.loads(state.read_text())["epoch"] == 1
+    left_by_kill = set(temp.iterdir())  # a killed process cannot remove its folder
+    chief, worker = [finish(p) for p in start_workers(data, out, temp, epochs=2)]
     assert chief == worker  # the other worker returns the chief's published result
-    assert chief["replicas"] == 2 and chief["epochs_trained"] == 1
+    assert chief["replicas"] == 2 and chief["epochs_trained"] == 2
     assert_complete_run(out)
+    assert len(json.loads((out / "history.json").read_text())["val_ctcvr_auc"]) == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [".lock", "checkpoints", "config.yaml", "history.json", "logs", "metrics.json",
          "run.json", "saved_model"])
-    assert list(temp.iterdir()) == []  # the other worker removed its temporary folder
+    assert set(temp.iterdir()) == left_by_kill  # the restarted worker removed its own
 
 
 def test_resolve_strategy_names_and_errors(monkeypatch):
