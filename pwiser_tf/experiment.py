@@ -108,7 +108,8 @@ def grid(config: dict) -> List[dict]:
                                                     config["losses"], variants,
                                                     config["seeds"])]
     arms = sorted({l + (f"/{v}" if v else "") for l in config["losses"] for v in variants})
-    if baseline(config) not in arms:
+    # One arm needs no baseline (nothing to compare); several need theirs in the grid.
+    if baseline(config) not in arms and (len(arms) > 1 or config.get("baseline")):
         raise InputError(f"baseline {baseline(config)!r} is not an arm of the grid; "
                          f"choose one of: {', '.join(arms)}")
     return cells

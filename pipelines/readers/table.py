@@ -11,6 +11,7 @@ from pwiser_tf.pipelines.readers.base import line_numbers, parse_int
 
 INT, FLOAT = "int", "float"
 _ARROW = {INT: pa.int64(), FLOAT: pa.float32()}
+_NUMPY = {INT: np.int64, FLOAT: np.float32}
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError)
 
 
@@ -69,7 +70,7 @@ class CsvColumns:
 
     def _good(self, good: List[bytes], lines: List[int]):
         if not good:
-            return {n: np.zeros([0], _ARROW[k].to_pandas_dtype())
+            return {n: np.zeros([0], _NUMPY[k])
                     for n, k in zip(self.names, self.kinds)}, np.zeros([0], np.int64)
         return self._arrow(b"\n".join(good) + b"\n"), np.asarray(lines, np.int64)
 
