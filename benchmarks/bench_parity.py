@@ -217,8 +217,9 @@ def table(runs, models, losses, label="project"):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model in models:
         for loss in losses:
-            cell = {side: [r for r in runs if (r["side"], r["model"], r["loss"])
-                           == (name, model, loss)]
+            # One run per seed (the last written, should a seed have run twice).
+            cell = {side: list({r["seed"]: r for r in runs if (r["side"], r["model"], r["loss"])
+                                == (name, model, loss)}.values())
                     for side, name in zip(SIDES, ("reference", label))}
             seeds = sorted({r["seed"] for r in cell["reference"]}
                            & {r["seed"] for r in cell["project"]})
