@@ -18,12 +18,12 @@ KERAS3 = os.environ.get("PWISER_TEST_KERAS3") == "1"
 collect_ignore = [] if KERAS3 else ["keras3"]
 if os.environ.get("PWISER_TEST_DISTRIBUTED") != "1":
     collect_ignore.append("distributed")
-# tests/tfx/ builds the TFX pipeline of examples/tfx_pipeline.py: it needs TFX, whose
+# tests/tfx_example/ builds the TFX pipeline of examples/tfx_pipeline.py: it needs TFX, whose
 # ml-metadata wheels need glibc >= 2.39, so it is collected only where TFX imports
 # (the README says so). Everything that pipeline runs of pwiser-tf (run_fn, the
 # serving signatures, its Evaluator configuration) is tested without TFX.
 if importlib.util.find_spec("tfx") is None:
-    collect_ignore.append("tfx")
+    collect_ignore.append("tfx_example")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small real samples shipped with the tests (see tests/data/README.md).
