@@ -94,21 +94,11 @@ def convert_beam(format: str, inputs, output_dir: str, *, runner: str = "direct"
             from None
     finally:
         root.setLevel(level)
-    from pwiser_tf.pipelines.convert import _absolute, _plain, assign_splits
-    from pwiser_tf.pipelines.readers import open_reader, reader_class
+    from pwiser_tf.pipelines.convert import _absolute, _plain, check_arguments
+    from pwiser_tf.pipelines.readers import open_reader
 
-    reader_class(format)
-    compression = (compression or "").upper()
-    if compression not in ("", "GZIP"):
-        raise InputError(f"compression must be '' or 'GZIP', got {compression!r}")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise InputError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    by_split = assign_splits(inputs)
-    if not by_split:
-        raise InputError("no input files given")
-    if validation_fraction > 0 and ("validation" in by_split or "train" not in by_split):
-        raise InputError("validation_fraction carves validation from train: give a train "
-                         "input and no validation input")
+    by_split, compression = check_arguments(format, inputs, compression,
+                                            validation_fraction)
     options = dict(skip_malformed=skip_malformed,
                    conversions_without_click=conversions_without_click, **reader_options)
     layouts = {split: open_reader(format, paths, **options).layout

@@ -34,7 +34,7 @@ import json
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -100,20 +100,8 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
     Every input file must hold rows, and every split written must be non-empty;
     anything else is an `InputError` that names the file or split.
     """
-    reader_class(format)  # an unknown format fails before any file is touched
-    compression = (compression or "").upper()
-    if compression not in ("", "GZIP"):
-        raise InputError(f"compression must be '' or 'GZIP', got {compression!r}")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise InputError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    by_split = assign_splits(inputs)
-    if not by_split:
-        raise InputError("no input files given")
-    if validation_fraction > 0 and "validation" in by_split:
-        raise InputError("a validation split is given as files and by validation_fraction; "
-                         "choose one")
-    if validation_fraction > 0 and "train" not in by_split:
-        raise InputError("validation_fraction carves from train, but no train input is given")
+    by_split, compression = check_arguments(format, inputs, compression,
+                                            validation_fraction)
     options = dict(skip_malformed=skip_malformed,
                    conversions_without_click=conversions_without_click, **reader_options)
     fingerprint = {
@@ -185,6 +173,29 @@ def _convert(format, by_split, output_dir, options, fingerprint, layouts,
     for marker in gfile.glob(fileio.join(output_dir, _MARKER.format("*"))):
         gfile.remove(marker)  # the metadata now says it all
     return metadata
+
+
+def check_arguments(format: str, inputs, compression: Optional[str],
+                    validation_fraction: float) -> Tuple[Dict[str, List[str]], str]:
+    """Checks a conversion's arguments before any file is touched (every runner).
+
+    Returns the input files by split and the normalised compression.
+    """
+    reader_class(format)  # an unknown format fails first
+    compression = (compression or "").upper()
+    if compression not in ("", "GZIP"):
+        raise InputError(f"compression must be '' or 'GZIP', got {compression!r}")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise InputError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    by_split = assign_splits(inputs)
+    if not by_split:
+        raise InputError("no input files given")
+    if validation_fraction > 0 and "validation" in by_split:
+        raise InputError("a validation split is given as files and by validation_fraction; "
+                         "choose one")
+    if validation_fraction > 0 and "train" not in by_split:
+        raise InputError("validation_fraction carves from train, but no train input is given")
+    return by_split, compression
 
 
 def assign_splits(inputs) -> Dict[str, List[str]]:

@@ -105,7 +105,7 @@ def start_workers(data, out, temp, epochs):
 def test_two_workers_on_localhost_resume_and_write_exactly_one_complete_run(data, tmp_path):
     """Both workers get the same --output; killed after the first epoch and started
     again, they resume from the chief's staged state and finish one run."""
-    out, temp = tmp_path / "shared", tmp_path / "tmp"
+    out, temp = tmp_path / "output", tmp_path / "tmp"
     temp.mkdir()
     procs = start_workers(data, out, temp, epochs=2)
     state = out / "staging" / "state.json"
