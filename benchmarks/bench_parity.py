@@ -53,11 +53,12 @@ SIDES = ("reference", "project")
 def project_label(variants):
     """The project side's name in runs.jsonl: `project`, or `project[v1,v2]`."""
     return "project" + (f"[{','.join(sorted(variants))}]" if variants else "")
+
+
 METRICS = ("ctr_auc", "ctcvr_auc", "intent_auc")
 VARIANTS = {
-    "torch_init": "PyTorch's initialisation: Linear U(+-1/sqrt(fan_in)) kernels and biases, "
-                  "xavier-uniform embedding table",
-    "xavier_emb": "only the embedding table xavier-uniform",
+    "keras_init": "Keras' default initialisation instead of the models' (Glorot-uniform "
+                  "kernels, the embedding table uniform +-0.05)",
     "l2": "weight decay 1e-6 added to the gradient (torch.optim.Adam) instead of decoupled",
     "bn_eps": "batch norm epsilon 1e-5 (PyTorch's) instead of 1e-3",
     "group16": "the training pipeline's default grouped shuffle (16 records)",
@@ -106,27 +107,23 @@ def apply_variants(model, variants):
     for layer in model.submodules:
         if "bn_eps" in variants and isinstance(layer, tf.keras.layers.BatchNormalization):
             layer.epsilon = 1e-5
-    if "torch_init" in variants or "xavier_emb" in variants:
+    if "keras_init" in variants:
         from pwiser_tf.models import ExpertBank, FeatureEmbedding
 
         def uniform(var, bound):
             var.assign(rng.uniform(-bound, bound, size=var.shape).astype(np.float32))
 
+        def glorot(var, fan_in, fan_out):
+            uniform(var, np.sqrt(6.0 / (fan_in + fan_out)))
+
         for layer in model.submodules:
-            if isinstance(layer, FeatureEmbedding):   # xavier-uniform over the whole table
-                uniform(layer.table, np.sqrt(6.0 / sum(layer.table.shape)))
-            if "torch_init" not in variants:
-                continue
-            # torch.nn.Linear: kernel and bias U(+-1/sqrt(fan_in))
-            if isinstance(layer, tf.keras.layers.Dense):
-                bound = 1.0 / np.sqrt(layer.kernel.shape[0])
-                uniform(layer.kernel, bound)
-                uniform(layer.bias, bound)
+            if isinstance(layer, FeatureEmbedding):
+                uniform(layer.table, 0.05)
+            elif isinstance(layer, tf.keras.layers.Dense):
+                glorot(layer.kernel, *layer.kernel.shape)
             elif isinstance(layer, ExpertBank):
-                for kernel, bias in zip(layer.kernels, layer.biases):
-                    bound = 1.0 / np.sqrt(kernel.shape[1])
-                    uniform(kernel, bound)
-                    uniform(bias, bound)
+                for kernel in layer.kernels:
+                    glorot(kernel, *kernel.shape[1:])
     if "l2" in variants:  # Adam with L2 added to the gradient, as torch.optim.Adam
         def train_step(self, inputs):
             with tf.GradientTape() as tape:

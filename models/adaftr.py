@@ -23,7 +23,7 @@ import tensorflow as tf
 from pwiser_tf import replicas
 from pwiser_tf.errors import InputError
 from pwiser_tf.models.base import check_units, options, predictions
-from pwiser_tf.models.layers import MLP
+from pwiser_tf.models.layers import MLP, dense
 from pwiser_tf.models.networks import MMoE
 
 NEGATIVES = ("batch", "random")
@@ -86,10 +86,10 @@ class AdaFTR(MMoE):
                                dropout=0.0, batch_norm=False, name="projection")
                            if projection_units else None)
         self.temperature_mode, self.fixed_temperature = temperature, float(fixed_temperature)
-        relatedness = [tf.keras.layers.Dense(u, activation="relu", name=f"relatedness_{i}")
+        relatedness = [dense(u, activation="relu", name=f"relatedness_{i}")
                        for i, u in enumerate(check_units(relatedness_units,
                                                          "relatedness_units"))]
-        relatedness.append(tf.keras.layers.Dense(1, name="relatedness_out", dtype="float32"))
+        relatedness.append(dense(1, name="relatedness_out", dtype="float32"))
         self.relatedness = (tf.keras.Sequential(relatedness, name="relatedness")
                             if temperature == "adaptive" else None)
 

@@ -12,6 +12,7 @@ from typing import Union
 import tensorflow as tf
 
 from pwiser_tf.errors import InputError
+from pwiser_tf.models.layers import dense
 from pwiser_tf.pipelines.schema import CATEGORICAL_KEY, NUMERICAL_KEY, Schema
 
 POOLINGS = ("mean", "sum")
@@ -28,7 +29,8 @@ class FeatureEmbedding(tf.keras.layers.Layer):
       schema: the dataset's `Schema` (or its `to_dict()`).
       embedding_dim: width of every field's embedding.
       multi_valued_pooling: `"mean"` (over the non-padded ids) or `"sum"`.
-      embeddings_initializer: initializer of the shared table.
+      embeddings_initializer: initializer of the shared table (default Glorot
+        uniform over the whole table, as the reference implementation's Xavier).
 
     Example:
 
@@ -46,7 +48,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
 
     def __init__(self, schema: Union[Schema, dict], embedding_dim: int = 128,
                  multi_valued_pooling: str = "mean",
-                 embeddings_initializer="uniform", **kwargs):
+                 embeddings_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.schema = as_schema(schema)
         if embedding_dim <= 0:
@@ -68,7 +70,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         self._cat_vocab = [f.vocab_size for f in self.schema.categorical]
         self._cat_offsets = offsets[:num_cat]
         self._mv = list(zip(self.schema.multi_valued, offsets[num_cat:]))
-        self.numerical_dense = (tf.keras.layers.Dense(self.embedding_dim, name="numerical")
+        self.numerical_dense = (dense(self.embedding_dim, name="numerical")
                                 if self.schema.numerical else None)
 
     @property

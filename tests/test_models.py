@@ -164,6 +164,25 @@ def test_same_seed_same_model():
     np.testing.assert_array_equal(*outputs)
 
 
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_kernels_start_within_the_fan_in_bound(name):
+    """Every kernel starts in U(+-1/sqrt(fan_in)) (the reference's initialisation),
+    filling most of that range, and the embedding table is Glorot-uniform."""
+    tf.keras.utils.set_random_seed(3)
+    model = build(name)
+    features, _ = toy_arrays(20, seed=3)
+    model({k: tf.constant(v) for k, v in features.items()})
+    kernels = [v for v in model.trainable_variables if "kernel" in v.name]
+    assert kernels
+    for kernel in kernels:
+        bound = kernel.shape[-2] ** -0.5  # fan_in: the input axis, also of [E, in, out]
+        peak = float(tf.reduce_max(tf.abs(kernel)))
+        assert 0.5 * bound < peak <= bound, (kernel.name, peak, bound)
+    table = next(v for v in model.trainable_variables if "table" in v.name)
+    bound = (6.0 / sum(table.shape)) ** 0.5
+    assert 0.9 * bound < float(tf.reduce_max(tf.abs(table))) <= bound
+
+
 def test_out_of_vocabulary_and_padding_ids_embed_safely():
     layer = models.FeatureEmbedding(toy_schema(), embedding_dim=4)
     features = {"categorical": tf.constant([[0, 19, 20, -5]], tf.int64),
