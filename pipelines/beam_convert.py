@@ -348,7 +348,7 @@ class _Encode:
                 self.id_map = IdMap.load(job.output_dir) if remap_ids else None
 
             def process(self, item):
-                from pwiser_tf.pipelines.convert import _columns, validation_mask
+                from pwiser_tf.pipelines.convert import _columns, label_counts, route_rows
 
                 split, chunk, source = item
                 stats = {"source": {split: source}, "counts": {}, "max_ids": {}}
@@ -356,20 +356,11 @@ class _Encode:
                     if self.id_map is not None:
                         chunk = self.id_map.apply(self.layout, chunk)
                     stats["max_ids"] = _max_ids(self.layout, chunk)
-                    routes = {split: None}
-                    if split == "train" and fraction > 0:
-                        held_out = validation_mask(chunk.row_id, fraction, seed)
-                        routes = {split: ~held_out, "validation": held_out}
-                    for name, keep in routes.items():
-                        part = chunk if keep is None else chunk.select(keep)
-                        if not len(part):
-                            continue
+                    for name, part in route_rows(chunk, split, fraction, seed):
                         data, offsets = self.encoder.encode(_columns(self.layout, part))
                         for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
                             yield name, data[a:b]
-                        stats["counts"][name] = {
-                            "rows": len(part), "clicks": int(part.labels["click"].sum()),
-                            "conversions": int(part.labels["conversion"].sum())}
+                        stats["counts"][name] = label_counts(part)
                 yield beam.pvalue.TaggedOutput("stats", stats)
 
         return Encode()

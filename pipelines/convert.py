@@ -342,18 +342,10 @@ def _split_result(format, split, paths, output_dir, fingerprint, options, fracti
             if id_map is not None:
                 chunk = id_map.apply(layout, chunk)
             ids.update(chunk)
-            routes = {split: None}
-            if len(outputs) > 1:
-                held_out = validation_mask(chunk.row_id, fraction, seed)
-                routes = {split: ~held_out, "validation": held_out}
-            for name, keep in routes.items():
-                part = chunk if keep is None else chunk.select(keep)
-                if not len(part):
-                    continue
+            for name, part in route_rows(chunk, split, fraction, seed):
                 writers[name].write(*encoder.encode(_columns(layout, part)))
-                counts[name]["rows"] += len(part)
-                counts[name]["clicks"] += int(part.labels["click"].sum())
-                counts[name]["conversions"] += int(part.labels["conversion"].sum())
+                for key, value in label_counts(part).items():
+                    counts[name][key] += value
         bar.update(reader.size - bar.n)
         _check_rows(reader, split, counts, fraction)
         files = {name: writer.close() for name, writer in writers.items()}
@@ -506,6 +498,24 @@ def _reusable(marker: str, fingerprint: dict, output_dir: str):
     if all(gfile.exists(fileio.join(output_dir, n)) for n in files):
         return result
     return None
+
+
+def route_rows(chunk, split: str, fraction: float, seed: int):
+    """Yields the non-empty parts of `chunk` as `(output split, rows)`: a `train`
+    chunk's rows whose hashed id falls below `fraction` go to `validation`
+    (`validation_mask`), the rest stay in `split`. Both runners route this way."""
+    if split != "train" or fraction <= 0:
+        parts = [(split, chunk)]
+    else:
+        held_out = validation_mask(chunk.row_id, fraction, seed)
+        parts = [(split, chunk.select(~held_out)), ("validation", chunk.select(held_out))]
+    yield from ((name, part) for name, part in parts if len(part))
+
+
+def label_counts(rows) -> Dict[str, int]:
+    """The rows, clicks and conversions of a chunk, as `metadata.json` counts them."""
+    return {"rows": len(rows), "clicks": int(rows.labels["click"].sum()),
+            "conversions": int(rows.labels["conversion"].sum())}
 
 
 def validation_mask(row_id: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -1,20 +1,15 @@
 """What `examples/tfx_pipeline.py` hands TFX, checked without TFX: the Evaluator's
 configuration and the Trainer's custom_config (which run_fn reads)."""
-import importlib.util
 import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.example_module import load_example
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location(
-        "tfx_pipeline", os.path.join(REPO, "examples", "tfx_pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("tfx_pipeline")
 
 
 def test_eval_config_reports_ctr_and_ctcvr_auc_per_slice(example):

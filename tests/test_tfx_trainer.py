@@ -63,6 +63,18 @@ def fn_args(tmp_path, train_files, eval_files, **kwargs):
     return types.SimpleNamespace(**args)
 
 
+def run_in_executor_process(script, args, tmp_path):
+    """Runs `script` on `args` in a fresh Python without `TF_USE_LEGACY_KERAS`, as a
+    TFX executor does, and returns the JSON it writes."""
+    args_path, out_path = tmp_path / "args.json", tmp_path / "out.json"
+    args_path.write_text(json.dumps(vars(args)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["PYTHONPATH"] = REPO
+    subprocess.run([sys.executable, "-c", script, str(args_path), str(out_path)],
+                   env=env, check=True, timeout=600)
+    return json.loads(out_path.read_text())
+
+
 CLEAN_ENV_SCRIPT = textwrap.dedent("""
     import json, sys, types
     import tensorflow as tf          # the executor has TensorFlow loaded, not Keras
@@ -91,13 +103,7 @@ def test_run_fn_trains_on_csv_example_gen_records_in_a_clean_environment(example
                    schema_path=schema_path,
                    hyperparameters={"space": [], "values": {"learning_rate": 0.003}})
     args.custom_config["dataset"] = "aliexpress"
-    args_path, out_path = tmp_path / "args.json", tmp_path / "out.json"
-    args_path.write_text(json.dumps(vars(args)))
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["PYTHONPATH"] = REPO
-    subprocess.run([sys.executable, "-c", CLEAN_ENV_SCRIPT, str(args_path), str(out_path)],
-                   env=env, check=True, timeout=600)
-    out = json.loads(out_path.read_text())
+    out = run_in_executor_process(CLEAN_ENV_SCRIPT, args, tmp_path)
     assert out["keras"].startswith("tf_keras")
     assert {"ctr_auc", "ctcvr_auc", "cvr_auc"} <= set(out["metrics"])
     for name in ("pctr", "pcvr", "pctcvr"):
@@ -128,13 +134,7 @@ def test_run_fn_trains_in_a_tf_keras_child_when_keras_3_is_loaded(example_gen, t
     args = fn_args(tmp_path, [patterns["train"]], [patterns["eval"]], train_steps=2,
                    eval_steps=1, schema_path=schema_path)
     args.custom_config["dataset"] = "aliexpress"
-    args_path, out_path = tmp_path / "args.json", tmp_path / "out.json"
-    args_path.write_text(json.dumps(vars(args)))
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["PYTHONPATH"] = REPO
-    subprocess.run([sys.executable, "-c", KERAS3_FIRST_SCRIPT, str(args_path), str(out_path)],
-                   env=env, check=True, timeout=600)
-    out = json.loads(out_path.read_text())
+    out = run_in_executor_process(KERAS3_FIRST_SCRIPT, args, tmp_path)
     assert out["keras"].startswith("keras")  # the parent stayed on Keras 3
     assert {"ctr_auc", "ctcvr_auc"} <= set(out["metrics"])
     assert os.path.isfile(tmp_path / "serving" / "saved_model.pb")

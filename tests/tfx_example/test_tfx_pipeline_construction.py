@@ -1,21 +1,10 @@
 """`examples/tfx_pipeline.py` builds a TFX pipeline (collected only where TFX imports:
 tests/conftest.py; TFX's ml-metadata wheels need glibc >= 2.39)."""
-import importlib.util
-import os
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location(
-        "tfx_pipeline", os.path.join(REPO, "examples", "tfx_pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.example_module import load_example
 
 
 def test_csv_and_converted_pipelines_have_every_component(tmp_path):
-    example = load_example()
+    example = load_example("tfx_pipeline")
     for kwargs in ({"data": str(tmp_path), "dataset": "ali-ccp"},
                    {"converted": str(tmp_path)}):
         pipeline = example.create_pipeline(str(tmp_path / "root"), str(tmp_path / "serving"),
