@@ -56,6 +56,7 @@ def project_label(variants):
 
 
 METRICS = ("ctr_auc", "ctcvr_auc", "intent_auc")
+PARITY_TOLERANCE = 0.01  # the project's mean AUC may trail the reference's by this much
 VARIANTS = {
     "keras_init": "Keras' default initialisation instead of the models' (Glorot-uniform "
                   "kernels, the embedding table uniform +-0.05)",
@@ -237,6 +238,56 @@ def table(runs, models, losses, label="project"):
     return "\n".join(lines)
 
 
+def _by_seed(runs, side, model, loss, metric):
+    return {r["seed"]: r[metric] for r in runs
+            if (r["side"], r["model"], r["loss"]) == (side, model, loss) and metric in r}
+
+
+def parity_table(runs, models, label="project", tolerance=PARITY_TOLERANCE):
+    """BCE only: per model, whether the project's mean CTR and CTCVR AUC reach the
+    reference's minus `tolerance` over the seeds both sides ran."""
+    lines = ["| model | seeds | CTR AUC: project - reference | CTCVR AUC: project - reference "
+             f"| met (>= -{tolerance}) |", "|---|---|---|---|---|"]
+    for model in models:
+        cells, met, seeds = [], True, None
+        for metric in ("ctr_auc", "ctcvr_auc"):
+            ref = _by_seed(runs, "reference", model, "bce", metric)
+            ours = _by_seed(runs, label, model, "bce", metric)
+            seeds = sorted(set(ref) & set(ours))
+            if not seeds:
+                break
+            diff = np.mean([ours[s] for s in seeds]) - np.mean([ref[s] for s in seeds])
+            cells.append(f"{diff:+.4f}")
+            met &= diff >= -tolerance
+        if len(cells) == 2:
+            lines.append(f"| {model} | {len(seeds)} | {cells[0]} | {cells[1]} | "
+                         f"{'yes' if met else '**no**'} |")
+    return "\n".join(lines)
+
+
+def effects_table(runs, models, label="project"):
+    """BCE -> PWiseR on each side, paired by seed (both losses start from the seed's
+    weights and data order): the mean difference, its 95% t interval, the wins."""
+    from pwiser_tf.report import paired
+
+    lines = ["| model | side | seeds | " + " | ".join(
+        f"{m}: PWiseR - BCE [95% CI] wins" for m in METRICS) + " |",
+        "|---|---|---|" + "---|" * len(METRICS)]
+    for model in models:
+        for side in ("reference", label):
+            cells, n = [], 0
+            for metric in METRICS:
+                stats = paired(_by_seed(runs, side, model, "bce", metric),
+                               _by_seed(runs, side, model, "pwiser", metric))
+                n = max(n, stats["n"])
+                cells.append("-" if not stats["n"] else
+                             f"{stats['mean']:+.4f} [{stats['low']:+.3f}, {stats['high']:+.3f}]"
+                             f" {stats['wins']}/{stats['n']}")
+            if n:
+                lines.append(f"| {model} | {side} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="parity_runs", help="data and runs.jsonl go here")
@@ -301,7 +352,12 @@ def main():
                         print(f"{name:9s} {model:12s} {loss:6s} seed {seed}: "
                               + ", ".join(f"{m} {result[m]:.4f}" for m in METRICS
                                           if m in result), flush=True)
-    print(table(load_runs(runs_path), args.models, args.losses, label))
+    runs = load_runs(runs_path)
+    print(table(runs, args.models, args.losses, label))
+    if "bce" in args.losses:
+        print("\nParity (BCE):\n" + parity_table(runs, args.models, label))
+    if {"bce", "pwiser"} <= set(args.losses):
+        print("\nBCE -> PWiseR, paired by seed:\n" + effects_table(runs, args.models, label))
 
 
 if __name__ == "__main__":

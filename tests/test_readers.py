@@ -235,6 +235,7 @@ def _ae_csv(tmp_path, bad_line: bytes = b"", name="train.csv"):
     (b"1," + b"-2," * 16 + b"0.5," * 63 + b"0,0", "negative id"),
     (b"1," + b"2," * 16 + b"0.5," * 63 + b"2,0", "label outside"),
     (b"1," + b"2," * 16 + b"nan," * 63 + b"0,0", "non-finite"),
+    (b"1,0x10," + b"2," * 15 + b"0.5," * 63 + b"0,0", "'0x10' is not an integer"),
 ])
 def test_malformed_line_named_or_skipped(tmp_path, bad, reason):
     path = _ae_csv(tmp_path, bad)

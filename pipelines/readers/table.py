@@ -41,11 +41,14 @@ class CsvColumns:
     def parse(self, block: bytes, first_line: int, path: str,
               malformed: Callable[[str, int, str], None]) -> Tuple[Dict[str, np.ndarray],
                                                                    np.ndarray]:
-        try:
-            columns = self._arrow(block)
-            return columns, line_numbers(first_line, len(columns[self.names[0]]))
-        except _ARROW_ERRORS:
-            pass
+        # pyarrow reads a hex integer (`0x10`) as 16; a block with an `x` goes through
+        # the checks below, which name the line.
+        if b"x" not in block and b"X" not in block:
+            try:
+                columns = self._arrow(block)
+                return columns, line_numbers(first_line, len(columns[self.names[0]]))
+            except _ARROW_ERRORS:
+                pass
         good: List[bytes] = []
         lines: List[int] = []
         for offset, line in enumerate(block.split(b"\n")[:-1]):
