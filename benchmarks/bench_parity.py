@@ -36,10 +36,12 @@ synthetic data) per side, model and loss, and the project minus the reference.
         --losses bce pwiser --seeds 1 2 3 4 5
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -56,6 +58,13 @@ def project_label(variants):
 
 
 METRICS = ("ctr_auc", "ctcvr_auc", "intent_auc")
+# Runs the reference as `python SCRIPT ARGS` would (sys.path[0] its folder), with
+# os.cpu_count() answering the thread count given first.
+REFERENCE_WITH_THREADS = (
+    "import os, runpy, sys; threads = int(sys.argv.pop(1)); sys.argv.pop(0); "
+    "os.cpu_count = lambda: threads; "
+    "sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0])); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')")
 PARITY_TOLERANCE = 0.01  # the project's mean AUC may trail the reference's by this much
 VARIANTS = {
     "keras_init": "Keras' default initialisation instead of the models' (Glorot-uniform "
@@ -68,12 +77,11 @@ VARIANTS = {
 
 def prepare_data(args):
     """The processed CSVs (synthesized unless given) and their conversion."""
-    from pwiser_tf.pipelines import synthesize
-    from pwiser_tf.pipelines.convert import convert
-
     if args.train_csv:
         train, test = args.train_csv, args.test_csv
     else:
+        from pwiser_tf.pipelines import synthesize
+
         synth_dir = os.path.join(args.out, "synth")
         manifest = os.path.join(synth_dir, "synth.json")
         if not os.path.isfile(manifest):
@@ -81,8 +89,12 @@ def prepare_data(args):
                        test_fraction=args.test_fraction)
         train, test = (os.path.join(synth_dir, "processed", f"{s}.csv")
                        for s in ("train", "test"))
-    records = os.path.join(args.out, "records")
-    convert("aliexpress-csv", {"train": [train], "test": [test]}, records, progress=False)
+    records = None
+    if "project" in args.sides:  # the reference reads the CSVs itself
+        from pwiser_tf.pipelines.convert import convert
+
+        records = os.path.join(args.out, "records")
+        convert("aliexpress-csv", {"train": [train], "test": [test]}, records, progress=False)
     return train, test, records
 
 
@@ -187,6 +199,10 @@ def run_side(side, args, data, model, seed, weight):
         command = [args.reference_python, args.reference, "--train", train, "--test", test,
                    "--batch-size", str(args.batch_size),
                    "--learning-rate", str(args.learning_rate)] + common
+        if args.threads:
+            # The reference sizes its thread pool by os.cpu_count(), the whole machine;
+            # runs side by side (--jobs) each get --threads of it, the script unchanged.
+            command[1:2] = ["-c", REFERENCE_WITH_THREADS, str(args.threads), args.reference]
     else:
         command = [sys.executable, os.path.abspath(__file__), "--worker", "--records", records,
                    "--batch-size", str(args.batch_size),
@@ -198,6 +214,31 @@ def run_side(side, args, data, model, seed, weight):
         sys.exit(f"bench_parity: the {side} run {model} seed {seed} failed "
                  f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def run_all(todo, args, data, label, runs_path):
+    """Runs `todo` ((side, model, loss, seed) each), `--jobs` at a time, appending each
+    result to runs.jsonl as it finishes; none starts after `--deadline` seconds."""
+    start, lock = time.monotonic(), threading.Lock()
+
+    def one(item):
+        side, model, loss, seed = item
+        if args.deadline and time.monotonic() - start > args.deadline:
+            return
+        weight = args.pwiser_weight if loss == "pwiser" else 0.0
+        result = run_side(side, args, data, model, seed, weight)
+        result.update(side=label if side == "project" else side, model=model, loss=loss,
+                      seed=seed)
+        with lock:
+            with open(runs_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(result) + "\n")
+            print(f"{result['side']:9s} {model:12s} {loss:6s} seed {seed}: "
+                  + ", ".join(f"{m} {result[m]:.4f}" for m in METRICS if m in result)
+                  + f" ({result['train_examples_per_sec']:.0f} examples/s)", flush=True)
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        for future in [pool.submit(one, item) for item in todo]:
+            future.result()
 
 
 def load_runs(path):
@@ -312,6 +353,12 @@ def main():
                         f"{k}: {v}" for k, v in VARIANTS.items()))
     ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES,
                     help="run only these sides (the table pairs whatever runs.jsonl holds)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs side by side (for a machine with many cores)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads of each reference run (default: all cores)")
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="start no run after this many seconds (0: no limit)")
     ap.add_argument("--table-only", action="store_true", help="print the table of OUT")
     # The project side's worker (run by the script itself in a fresh process).
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -335,23 +382,16 @@ def main():
         os.makedirs(args.out, exist_ok=True)
         data = prepare_data(args)
         done = {(r["side"], r["model"], r["loss"], r["seed"]) for r in load_runs(runs_path)}
+        todo = []
         for seed in args.seeds:
             for model in args.models:
                 for loss in args.losses:
                     # Alternate which side goes first, so neither always runs warm.
                     sides = SIDES if seed % 2 else SIDES[::-1]
-                    for side in (s for s in sides if s in args.sides):
-                        name = side if side == "reference" else label
-                        if (name, model, loss, seed) in done:
-                            continue
-                        weight = args.pwiser_weight if loss == "pwiser" else 0.0
-                        result = run_side(side, args, data, model, seed, weight)
-                        result.update(side=name, model=model, loss=loss, seed=seed)
-                        with open(runs_path, "a", encoding="utf-8") as f:
-                            f.write(json.dumps(result) + "\n")
-                        print(f"{name:9s} {model:12s} {loss:6s} seed {seed}: "
-                              + ", ".join(f"{m} {result[m]:.4f}" for m in METRICS
-                                          if m in result), flush=True)
+                    todo += [(side, model, loss, seed) for side in sides if side in args.sides
+                             and (label if side == "project" else side, model, loss,
+                                  seed) not in done]
+        run_all(todo, args, data, label, runs_path)
     runs = load_runs(runs_path)
     print(table(runs, args.models, args.losses, label))
     if "bce" in args.losses:
