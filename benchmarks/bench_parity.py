@@ -71,6 +71,7 @@ VARIANTS = {
                   "kernels, the embedding table uniform +-0.05)",
     "l2": "weight decay 1e-6 added to the gradient (torch.optim.Adam) instead of decoupled",
     "bn_eps": "batch norm epsilon 1e-5 (PyTorch's) instead of 1e-3",
+    "bias_init": "biases drawn from U(+-1/sqrt(fan_in)), as torch.nn.Linear, instead of zeros",
     "adam_eps": "Adam epsilon 1e-9 instead of 1e-7: Keras adds it to the uncorrected "
                 "sqrt(v), so 1e-9 is within 3x of PyTorch's 1e-8 on the corrected one "
                 "over a 98-step epoch",
@@ -123,11 +124,11 @@ def apply_variants(model, variants):
     for layer in model.submodules:
         if "bn_eps" in variants and isinstance(layer, tf.keras.layers.BatchNormalization):
             layer.epsilon = 1e-5
+    def uniform(var, bound):
+        var.assign(rng.uniform(-bound, bound, size=var.shape).astype(np.float32))
+
     if "keras_init" in variants:
         from pwiser_tf.models import ExpertBank, FeatureEmbedding
-
-        def uniform(var, bound):
-            var.assign(rng.uniform(-bound, bound, size=var.shape).astype(np.float32))
 
         def glorot(var, fan_in, fan_out):
             uniform(var, np.sqrt(6.0 / (fan_in + fan_out)))
@@ -140,6 +141,15 @@ def apply_variants(model, variants):
             elif isinstance(layer, ExpertBank):
                 for kernel in layer.kernels:
                     glorot(kernel, *kernel.shape[1:])
+    if "bias_init" in variants:
+        from pwiser_tf.models import ExpertBank
+
+        for layer in model.submodules:
+            if isinstance(layer, tf.keras.layers.Dense) and layer.use_bias:
+                uniform(layer.bias, layer.kernel.shape[0] ** -0.5)
+            elif isinstance(layer, ExpertBank):
+                for kernel, bias in zip(layer.kernels, layer.biases):
+                    uniform(bias, kernel.shape[1] ** -0.5)
     if "l2" in variants:  # Adam with L2 added to the gradient, as torch.optim.Adam
         def train_step(self, inputs):
             with tf.GradientTape() as tape:
