@@ -57,6 +57,11 @@ def project_label(variants):
     return "project" + (f"[{','.join(sorted(variants))}]" if variants else "")
 
 
+def side_name(side, label):
+    """A side's name in runs.jsonl: `reference`, or the project's `label`."""
+    return label if side == "project" else side
+
+
 METRICS = ("ctr_auc", "ctcvr_auc", "intent_auc")
 # Runs the reference as `python SCRIPT ARGS` would (sys.path[0] its folder), with
 # os.cpu_count() answering the thread count given first.
@@ -120,35 +125,33 @@ def apply_variants(model, variants):
     """Ablations of the project side, one named change each (see --variant)."""
     import tensorflow as tf
 
+    from pwiser_tf.models import ExpertBank, FeatureEmbedding
+
     rng = np.random.default_rng(0)
-    for layer in model.submodules:
-        if "bn_eps" in variants and isinstance(layer, tf.keras.layers.BatchNormalization):
-            layer.epsilon = 1e-5
+
     def uniform(var, bound):
         var.assign(rng.uniform(-bound, bound, size=var.shape).astype(np.float32))
 
-    if "keras_init" in variants:
-        from pwiser_tf.models import ExpertBank, FeatureEmbedding
+    def glorot(var, fan_in, fan_out):
+        uniform(var, np.sqrt(6.0 / (fan_in + fan_out)))
 
-        def glorot(var, fan_in, fan_out):
-            uniform(var, np.sqrt(6.0 / (fan_in + fan_out)))
-
-        for layer in model.submodules:
-            if isinstance(layer, FeatureEmbedding):
-                uniform(layer.table, 0.05)
-            elif isinstance(layer, tf.keras.layers.Dense):
+    # One pass over the layers; the expert bank's later layers are batched kernels
+    # [E, fan_in, fan_out] with biases [E, fan_out], its first layer a Dense.
+    for layer in model.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization) and "bn_eps" in variants:
+            layer.epsilon = 1e-5
+        elif isinstance(layer, FeatureEmbedding) and "keras_init" in variants:
+            uniform(layer.table, 0.05)
+        elif isinstance(layer, tf.keras.layers.Dense):
+            if "keras_init" in variants:
                 glorot(layer.kernel, *layer.kernel.shape)
-            elif isinstance(layer, ExpertBank):
-                for kernel in layer.kernels:
-                    glorot(kernel, *kernel.shape[1:])
-    if "bias_init" in variants:
-        from pwiser_tf.models import ExpertBank
-
-        for layer in model.submodules:
-            if isinstance(layer, tf.keras.layers.Dense) and layer.use_bias:
+            if "bias_init" in variants and layer.use_bias:
                 uniform(layer.bias, layer.kernel.shape[0] ** -0.5)
-            elif isinstance(layer, ExpertBank):
-                for kernel, bias in zip(layer.kernels, layer.biases):
+        elif isinstance(layer, ExpertBank):
+            for kernel, bias in zip(layer.kernels, layer.biases):
+                if "keras_init" in variants:
+                    glorot(kernel, *kernel.shape[1:])
+                if "bias_init" in variants:
                     uniform(bias, kernel.shape[1] ** -0.5)
     if "l2" in variants:  # Adam with L2 added to the gradient, as torch.optim.Adam
         def train_step(self, inputs):
@@ -243,8 +246,7 @@ def run_all(todo, args, data, label, runs_path):
             return
         weight = args.pwiser_weight if loss == "pwiser" else 0.0
         result = run_side(side, args, data, model, seed, weight)
-        result.update(side=label if side == "project" else side, model=model, loss=loss,
-                      seed=seed)
+        result.update(side=side_name(side, label), model=model, loss=loss, seed=seed)
         with lock:
             with open(runs_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(result) + "\n")
@@ -274,8 +276,8 @@ def table(runs, models, losses, label="project"):
         for loss in losses:
             # One run per seed (the last written, should a seed have run twice).
             cell = {side: list({r["seed"]: r for r in runs if (r["side"], r["model"], r["loss"])
-                                == (name, model, loss)}.values())
-                    for side, name in zip(SIDES, ("reference", label))}
+                                == (side_name(side, label), model, loss)}.values())
+                    for side in SIDES}
             seeds = sorted({r["seed"] for r in cell["reference"]}
                            & {r["seed"] for r in cell["project"]})
             if not seeds:
@@ -405,8 +407,7 @@ def main():
                     # Alternate which side goes first, so neither always runs warm.
                     sides = SIDES if seed % 2 else SIDES[::-1]
                     todo += [(side, model, loss, seed) for side in sides if side in args.sides
-                             and (label if side == "project" else side, model, loss,
-                                  seed) not in done]
+                             and (side_name(side, label), model, loss, seed) not in done]
         run_all(todo, args, data, label, runs_path)
     runs = load_runs(runs_path)
     print(table(runs, args.models, args.losses, label))
