@@ -63,78 +63,73 @@ def fn_args(tmp_path, train_files, eval_files, **kwargs):
     return types.SimpleNamespace(**args)
 
 
-def run_in_executor_process(script, args, tmp_path):
-    """Runs `script` on `args` in a fresh Python without `TF_USE_LEGACY_KERAS`, as a
-    TFX executor does, and returns the JSON it writes."""
+def example_gen_args(example_gen, tmp_path, train=("train",), **kwargs):
+    """FnArgs of a run on CsvExampleGen's records, with its schema.pbtxt."""
+    patterns, schema_path, _, _ = example_gen
+    args = fn_args(tmp_path, [patterns[split] for split in train], [patterns["eval"]],
+                   schema_path=schema_path, **kwargs)
+    args.custom_config["dataset"] = "aliexpress"
+    return args
+
+
+EXECUTOR_SCRIPT = textwrap.dedent("""
+    import json, sys, types
+    import tensorflow as tf          # the executor has TensorFlow loaded, not Keras
+    args_path, out_path, keras_3_loaded, score = sys.argv[1:]
+    if keras_3_loaded == "1":
+        tf.keras.layers.Dense(1)     # the executor's process already runs Keras 3
+    from pwiser_tf import tfx_trainer
+
+    args = types.SimpleNamespace(**json.load(open(args_path)))
+    out = {"metrics": tfx_trainer.run_fn(args), "keras": tf.keras.Model.__module__}
+    if score == "1":                 # both serving signatures on the eval records
+        loaded = tf.saved_model.load(args.serving_model_dir)
+        records = tf.data.TFRecordDataset(tf.io.gfile.glob(args.eval_files[0]),
+                                          compression_type="GZIP").batch(10_000)
+        batch = next(iter(records))
+        for name in ("serving_default", "serving_columns"):
+            scores = loaded.signatures[name](examples=batch)
+            out[name] = {k: v.numpy().tolist() for k, v in scores.items()}
+    json.dump(out, open(out_path, "w"))
+""")
+
+
+def run_in_executor_process(args, tmp_path, keras_3_loaded=False, score=False):
+    """Runs `tfx_trainer.run_fn(args)` in a fresh Python without
+    `TF_USE_LEGACY_KERAS`, as a TFX executor does, and returns its metrics, the
+    Keras its process ran and (with `score`) the serving signatures' scores."""
     args_path, out_path = tmp_path / "args.json", tmp_path / "out.json"
     args_path.write_text(json.dumps(vars(args)))
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["PYTHONPATH"] = REPO
-    subprocess.run([sys.executable, "-c", script, str(args_path), str(out_path)],
+    subprocess.run([sys.executable, "-c", EXECUTOR_SCRIPT, str(args_path), str(out_path),
+                    str(int(keras_3_loaded)), str(int(score))],
                    env=env, check=True, timeout=600)
     return json.loads(out_path.read_text())
-
-
-CLEAN_ENV_SCRIPT = textwrap.dedent("""
-    import json, sys, types
-    import tensorflow as tf          # the executor has TensorFlow loaded, not Keras
-    from pwiser_tf import tfx_trainer
-
-    args = types.SimpleNamespace(**json.load(open(sys.argv[1])))
-    metrics = tfx_trainer.run_fn(args)
-    loaded = tf.saved_model.load(args.serving_model_dir)
-    records = tf.data.TFRecordDataset(tf.io.gfile.glob(args.eval_files[0]),
-                                      compression_type="GZIP").batch(10_000)
-    batch = next(iter(records))
-    default = loaded.signatures["serving_default"](examples=batch)
-    columns = loaded.signatures["serving_columns"](examples=batch)
-    json.dump({"metrics": metrics, "keras": tf.keras.Model.__module__,
-               "default": {k: v.numpy().tolist() for k, v in default.items()},
-               "columns": {k: v.numpy().tolist() for k, v in columns.items()}},
-              open(sys.argv[2], "w"))
-""")
 
 
 def test_run_fn_trains_on_csv_example_gen_records_in_a_clean_environment(example_gen,
                                                                           tmp_path):
     """Two train patterns, train_steps=None, schema.pbtxt, no TF_USE_LEGACY_KERAS."""
-    patterns, schema_path, _, eval_rows = example_gen
-    args = fn_args(tmp_path, [patterns["train"], patterns["extra"]], [patterns["eval"]],
-                   schema_path=schema_path,
-                   hyperparameters={"space": [], "values": {"learning_rate": 0.003}})
-    args.custom_config["dataset"] = "aliexpress"
-    out = run_in_executor_process(CLEAN_ENV_SCRIPT, args, tmp_path)
+    args = example_gen_args(example_gen, tmp_path, train=("train", "extra"),
+                            hyperparameters={"space": [], "values": {"learning_rate": 0.003}})
+    out = run_in_executor_process(args, tmp_path, score=True)
     assert out["keras"].startswith("tf_keras")
     assert {"ctr_auc", "ctcvr_auc", "cvr_auc"} <= set(out["metrics"])
+    eval_rows = example_gen[3]
     for name in ("pctr", "pcvr", "pctcvr"):
-        scores = np.array(out["default"][name])
+        scores = np.array(out["serving_default"][name])
         assert scores.shape == (eval_rows,) and ((scores >= 0) & (scores <= 1)).all()
-        np.testing.assert_allclose(out["columns"][name], scores, rtol=1e-6)
+        np.testing.assert_allclose(out["serving_columns"][name], scores, rtol=1e-6)
     # TensorBoard logs and the evaluation in model_run_dir
     assert glob.glob(str(tmp_path / "model_run" / "train" / "events.out.tfevents.*"))
     with open(tmp_path / "model_run" / "metrics.json") as f:
         assert json.load(f)["ctr_auc"] == pytest.approx(out["metrics"]["ctr_auc"])
 
 
-KERAS3_FIRST_SCRIPT = textwrap.dedent("""
-    import json, sys, types
-    import tensorflow as tf
-    tf.keras.layers.Dense(1)         # the executor's process already runs Keras 3
-    from pwiser_tf import tfx_trainer
-
-    args = types.SimpleNamespace(**json.load(open(sys.argv[1])))
-    metrics = tfx_trainer.run_fn(args)
-    json.dump({"metrics": metrics, "keras": tf.keras.Model.__module__},
-              open(sys.argv[2], "w"))
-""")
-
-
 def test_run_fn_trains_in_a_tf_keras_child_when_keras_3_is_loaded(example_gen, tmp_path):
-    patterns, schema_path, _, _ = example_gen
-    args = fn_args(tmp_path, [patterns["train"]], [patterns["eval"]], train_steps=2,
-                   eval_steps=1, schema_path=schema_path)
-    args.custom_config["dataset"] = "aliexpress"
-    out = run_in_executor_process(KERAS3_FIRST_SCRIPT, args, tmp_path)
+    args = example_gen_args(example_gen, tmp_path, train_steps=2, eval_steps=1)
+    out = run_in_executor_process(args, tmp_path, keras_3_loaded=True)
     assert out["keras"].startswith("keras")  # the parent stayed on Keras 3
     assert {"ctr_auc", "ctcvr_auc"} <= set(out["metrics"])
     assert os.path.isfile(tmp_path / "serving" / "saved_model.pb")
