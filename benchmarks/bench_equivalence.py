@@ -23,8 +23,9 @@ stays small.
         --test-csv data/s300/processed/test.csv --model singletask --optimizer sgd
 
 It prints, for every tenth step, both sides' loss ((BCE_ctr + BCE_ctcvr) / 2)
-and their relative difference, then both sides' test CTR and CTCVR AUC and the
-largest difference of their test predictions.
+and their relative difference, the largest relative difference over all steps,
+then both sides' test CTR and CTCVR AUC and the largest difference of their test
+predictions. docs/benchmarks.md has the figures.
 """
 import argparse
 import json
@@ -142,6 +143,7 @@ def project_side(args, saved):
     from pwiser_tf import metrics, models
     from pwiser_tf.pipelines.schema import Field, Schema
 
+    tf.keras.utils.set_random_seed(args.seed)  # the dropout masks, for a repeatable run
     dims = [int(d) for d in saved["dims"]]
     schema = Schema("aliexpress",
                     categorical=tuple(Field(f"categorical_{i + 1}", d) for i, d in enumerate(dims)),
