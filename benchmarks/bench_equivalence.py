@@ -28,6 +28,7 @@ then both sides' test CTR and CTCVR AUC and the largest difference of their test
 predictions. docs/benchmarks.md has the figures.
 """
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -36,7 +37,8 @@ import tempfile
 
 import numpy as np
 
-MODELS = ("singletask", "sharedbottom")
+# The reference's model names and the project registry's.
+MODELS = {"singletask": "stl", "sharedbottom": "shared-bottom"}
 
 
 # --- the reference side (run in the reference's Python) ---------------------------
@@ -45,8 +47,6 @@ def torch_side(args):
     """Trains MTReclib's model; saves its initial weights, the batches, the losses
     of every step and the test predictions to `args.out`."""
     import torch
-
-    import importlib.util
 
     spec = importlib.util.spec_from_file_location("reference", args.reference)
     ref = importlib.util.module_from_spec(spec)
@@ -149,8 +149,7 @@ def project_side(args, saved):
                     categorical=tuple(Field(f"categorical_{i + 1}", d) for i, d in enumerate(dims)),
                     numerical=tuple(f"numerical_{i + 1}"
                                     for i in range(saved["train_num"].shape[1])))
-    model = models.build_model({"singletask": "stl", "sharedbottom": "shared-bottom"}[args.model],
-                               schema, dropout=args.dropout)
+    model = models.build_model(MODELS[args.model], schema, dropout=args.dropout)
 
     def batch(prefix, start, stop):
         labels = saved[f"{prefix}_labels"][start:stop]
@@ -202,7 +201,7 @@ def main():
     ap.add_argument("--reference-python", default=os.environ.get("PWISER_REFERENCE_PYTHON"))
     ap.add_argument("--train-csv", required=True)
     ap.add_argument("--test-csv", required=True)
-    ap.add_argument("--model", default="singletask", choices=MODELS)
+    ap.add_argument("--model", default="singletask", choices=list(MODELS))
     ap.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     ap.add_argument("--learning-rate", type=float, default=None,
                     help="default: 0.1 for sgd, 1e-3 for adam")
