@@ -37,8 +37,9 @@ import tempfile
 
 import numpy as np
 
-# The reference's model names and the project registry's.
-MODELS = {"singletask": "stl", "sharedbottom": "shared-bottom"}
+from bench_parity import MODELS, add_reference_arguments, apply_variants, check_reference
+
+WEIGHT_COPIES = ("singletask", "sharedbottom")  # the models `copy_weights` maps
 
 
 # --- the reference side (run in the reference's Python) ---------------------------
@@ -158,34 +159,23 @@ def project_side(args, saved):
                 {"click": tf.constant(labels[:, 0]), "conversion": tf.constant(labels[:, 1])})
 
     model(batch("train", 0, 2)[0])
-    for layer in model.submodules:  # PyTorch's batch norm epsilon (Keras': 1e-3)
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            layer.epsilon = 1e-5
     weights = {k[2:]: saved[k] for k in saved if k.startswith("w/")}
     copy_weights(model, args.model, weights, dims)
+    # PyTorch's batch norm epsilon; with --l2, torch.optim.Adam's weight decay.
+    apply_variants(model, ["bn_eps"] + (["l2"] if args.l2 else []))
     if args.optimizer == "sgd":
         optimizer = tf.keras.optimizers.SGD(args.learning_rate)
     else:
         optimizer = models.reference_optimizer(args.learning_rate,
                                                weight_decay=0.0 if args.l2 else 1e-6)
     model.compile(optimizer=optimizer)
-    variables = model.trainable_variables
-
-    @tf.function
-    def step(features, labels):
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss((features, labels), training=True)
-        grads = tape.gradient(loss, variables)
-        if args.l2:  # torch.optim.Adam's weight decay: added to the gradient
-            grads = [tf.convert_to_tensor(g) + 1e-6 * v for g, v in zip(grads, variables)]
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
+    train_step = tf.function(model.train_step)
 
     # The project's loss is BCE_ctr + BCE_ctcvr; the reference's, their mean. Under
     # SGD the learning rate is halved for the same step; Adam does not see the factor.
     if args.optimizer == "sgd":
         optimizer.learning_rate.assign(args.learning_rate / 2)
-    losses = [float(step(*batch("train", i, i + args.batch_size))) / 2
+    losses = [float(train_step(batch("train", i, i + args.batch_size))["loss"]) / 2
               for i in range(0, len(saved["train_labels"]), args.batch_size)]
     out = model(batch("test", 0, None)[0], training=False)
     labels = saved["test_labels"]
@@ -197,11 +187,10 @@ def project_side(args, saved):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reference", default=os.environ.get("PWISER_REFERENCE"))
-    ap.add_argument("--reference-python", default=os.environ.get("PWISER_REFERENCE_PYTHON"))
+    add_reference_arguments(ap)
     ap.add_argument("--train-csv", required=True)
     ap.add_argument("--test-csv", required=True)
-    ap.add_argument("--model", default="singletask", choices=list(MODELS))
+    ap.add_argument("--model", default="singletask", choices=WEIGHT_COPIES)
     ap.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     ap.add_argument("--learning-rate", type=float, default=None,
                     help="default: 0.1 for sgd, 1e-3 for adam")
@@ -216,13 +205,9 @@ def main():
     args = ap.parse_args()
     if args.learning_rate is None:
         args.learning_rate = 0.1 if args.optimizer == "sgd" else 1e-3
-    if not (args.reference and os.path.isfile(args.reference)):
-        ap.error("--reference (or $PWISER_REFERENCE) must name pwiser_reference.py")
+    check_reference(ap, args, python=not args.torch_side)
     if args.torch_side:
         return torch_side(args)
-    if not (args.reference_python and os.path.isfile(args.reference_python)):
-        ap.error("--reference-python (or $PWISER_REFERENCE_PYTHON) must name a Python "
-                 "with torch, scikit-learn and pandas")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "reference.npz")
         subprocess.run([args.reference_python, os.path.abspath(__file__), *sys.argv[1:],

@@ -347,11 +347,25 @@ def effects_table(runs, models, label="project"):
     return "\n".join(lines)
 
 
+def add_reference_arguments(ap):
+    """--reference and --reference-python, defaulting to their environment variables."""
+    ap.add_argument("--reference", default=os.environ.get("PWISER_REFERENCE"))
+    ap.add_argument("--reference-python", default=os.environ.get("PWISER_REFERENCE_PYTHON"))
+
+
+def check_reference(ap, args, python=True):
+    """One clear error for a missing reference script (or, with `python`, its Python)."""
+    if not (args.reference and os.path.isfile(args.reference)):
+        ap.error("--reference (or $PWISER_REFERENCE) must name pwiser_reference.py")
+    if python and not (args.reference_python and os.path.isfile(args.reference_python)):
+        ap.error("--reference-python (or $PWISER_REFERENCE_PYTHON) must name a Python "
+                 "with torch, scikit-learn and pandas")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="parity_runs", help="data and runs.jsonl go here")
-    ap.add_argument("--reference", default=os.environ.get("PWISER_REFERENCE"))
-    ap.add_argument("--reference-python", default=os.environ.get("PWISER_REFERENCE_PYTHON"))
+    add_reference_arguments(ap)
     ap.add_argument("--train-csv", help="a processed AliExpress train CSV (else synthesized)")
     ap.add_argument("--test-csv")
     ap.add_argument("--rows", type=int, default=300_000, help="synthetic rows, all splits")
@@ -390,11 +404,7 @@ def main():
     runs_path = os.path.join(args.out, "runs.jsonl")
     label = project_label(args.variant)
     if not args.table_only:
-        if not (args.reference and os.path.isfile(args.reference)):
-            ap.error("--reference (or $PWISER_REFERENCE) must name pwiser_reference.py")
-        if not (args.reference_python and os.path.isfile(args.reference_python)):
-            ap.error("--reference-python (or $PWISER_REFERENCE_PYTHON) must name a Python "
-                     "with torch, scikit-learn and pandas")
+        check_reference(ap, args)
         if bool(args.train_csv) != bool(args.test_csv):
             ap.error("give both --train-csv and --test-csv, or neither")
         os.makedirs(args.out, exist_ok=True)
