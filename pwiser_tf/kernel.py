@@ -8,17 +8,18 @@ S1 = no click. With p the scores the term acts on,
            + (1/K) sum_{k in S1} sum_{j in S3} max(0, p_k - p_j + margin_nonclick)^2
 
 `pwiser` computes it without a B x B matrix. For one term, write q_a = p_a + m
-for each anchor a (S2 or S1). For a positive j,
-
-    sum_{a: q_a > p_j} w_a (q_a - p_j)^2 = n_j p_j^2 - 2 p_j Q1_j + Q2_j
-
-with n_j, Q1_j, Q2_j the weighted count, sum of q and sum of q^2 over the
-anchors whose key lies above p_j. One descending sort of the keys (q_a for
-anchors, p_j for positives) and exclusive cumulative sums of (w, w q, w q^2)
-per group give every n_j, Q1_j, Q2_j of both terms at once; each positive reads
-its sums at its own sorted position. Ties contribute 0 at the hinge, so where
-they sort does not matter. Gradients flow through the gathers and sums (the
-sort order is piecewise constant). Everything is static-shaped: it runs under
+for each anchor a (S2 or S1); a positive j pays sum_{a: q_a > p_j} w_a (q_a - p_j)^2.
+One descending sort of the keys (q_a for anchors, p_j for positives) puts the
+anchors that a positive pays for before it. A prefix scan along the sorted keys
+carries, per group, the anchors' weight n, sum w d and sum w d^2, where d is each
+anchor's distance to the current key; stepping down by a gap g >= 0 updates them
+as n, S1 + n g, S2 + 2 g S1 + n g^2. Every term is non-negative and every gap a
+difference of nearby scores, so nothing cancels: the term keeps float32's relative
+accuracy wherever the scores sit (an expanded square centred on one mean loses it
+far from that mean). The steps compose associatively, so the scan takes
+ceil(log2 B) rounds of O(B) work. Ties contribute 0 at the hinge, so where they
+sort does not matter. Gradients flow through the gaps (the sort order is piecewise
+constant). Everything is static-shaped: it runs under
 `tf.function(jit_compile=True)`, on TPU and in a `tf.distribute` replica.
 
 `pwiser_dense` is the O(B^2) definition, kept for tests and benchmarks.
@@ -164,6 +165,89 @@ def _descending_positives_first(key: tf.Tensor, positive: tf.Tensor) -> tf.Tenso
     return tf.gather(front, order)
 
 
+def _shift(state, delta):
+    """Move the reference of the sums (n, sum of d, sum of d^2) by `delta` >= 0
+    away from the rows they sum over: every d grows by delta. All terms are
+    non-negative, so nothing cancels."""
+    n, s1, s2 = state
+    return n, s1 + n * delta, s2 + 2.0 * delta * s1 + n * tf.square(delta)
+
+
+def _combine(earlier, later):
+    """Compose two runs of the scan, `earlier` then `later` (associative). Each
+    element is `[gap, n, S1, S2, n', S1', S2', ...]`: move the reference by `gap`,
+    then add the element's own rows, one (n, S1, S2) per group."""
+    combined = [earlier[0] + later[0]]
+    for g in range(1, len(earlier), 3):
+        shifted = _shift(earlier[g:g + 3], later[0])
+        combined += [a + b for a, b in zip(shifted, later[g:g + 3])]
+    return combined
+
+
+def _prefix_scan(elements):
+    """Inclusive scan of `_combine` over `[B]` tensors (Hillis-Steele): ceil(log2 B)
+    rounds of O(B) each, static shapes, in a `tf.while_loop` that XLA accepts."""
+    size = tf.shape(elements[0])[0]
+    index = tf.range(size)
+
+    def step(offset, values):
+        source = tf.maximum(index - offset, 0)
+        has_earlier = index >= offset
+        earlier = [tf.where(has_earlier, tf.gather(v, source), tf.zeros_like(v))
+                   for v in values]
+        return offset * 2, _combine(earlier, values)
+
+    _, result = tf.while_loop(lambda offset, _: offset < size, step,
+                              (tf.constant(1), list(elements)), maximum_iterations=32)
+    return result
+
+
+def _hinge_sums(p, margin, w3, w2, w1, squared):
+    """Rows sorted by descending key (score + margin; positives before tied anchors).
+    Returns, for the S2 and the S1 anchors, sum_j w3_j sum_{a before j} w_a h(d_aj)
+    with d_aj = p_a + m_a - p_j and h(d) = d^2 (or d), with its exact gradient
+    with respect to `p`: both directions are non-negative scans, so the gradient
+    keeps float32's relative accuracy as the value does."""
+    size = tf.shape(p)[0]
+    index = tf.range(size)
+    w3, w2, w1, margin = (tf.stop_gradient(x) for x in (w3, w2, w1, margin))
+    zero = tf.zeros_like(w3)
+
+    @tf.custom_gradient
+    def sums(p):
+        # Gap between each key and the one above it, as a difference of scores
+        # first (exact for close scores, as the definition's p_i - p_j + m). The
+        # gaps telescope: a sum of them is the distance of its two ends. Where the
+        # float32 keys p + m sorted two rows against their exact order, its gap is
+        # below 0 by at most the keys' rounding, and the pair gets that tiny d.
+        above = tf.maximum(index - 1, 0)
+        gap = (tf.gather(p, above) - p) + (tf.gather(margin, above) - margin)
+        # Down the ranking: at each row, the anchors ranked before it, measured
+        # from its key (n, sum w d, sum w d^2), for S2 and for S1.
+        down = _prefix_scan([gap, w2, zero, zero, w1, zero, zero])
+        power = 2 if squared else 1
+        # A positive pays at least 0 (the tiny d above could make it -ulp).
+        totals = [tf.reduce_sum(w3 * tf.maximum(down[g + power], 0.0)) for g in (1, 4)]
+
+        def gradient(d2, d1):
+            # Up the ranking: at each row, the positives ranked after it, measured
+            # from its key (m, sum w3 d).
+            below = tf.minimum(index + 1, size - 1)
+            gap_below = tf.where(index < size - 1, tf.gather(gap, below), 0.0)
+            up = _prefix_scan([tf.reverse(x, [0]) for x in (gap_below, w3, zero, zero)])
+            m, r1 = tf.reverse(up[1], [0]), tf.reverse(up[2], [0])
+            anchor_pull = 2.0 * r1 if squared else m
+            grad = tf.zeros_like(p)
+            for d, w, n, s1 in ((d2, w2, down[1], down[2]), (d1, w1, down[4], down[5])):
+                positive_push = 2.0 * s1 if squared else n
+                grad += d * (w * anchor_pull - w3 * positive_push)
+            return grad
+
+        return totals, gradient
+
+    return sums(p)
+
+
 def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
            margin_nonclick: float = MARGIN_NONCLICK, squared: bool = True,
            normalization: str = "anchor", sample_weight=None,
@@ -180,8 +264,8 @@ def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
       squared: squared hinge (default, the papers') or plain hinge.
       normalization: `"anchor"` divides each term by the weight of its anchor
         group (1/N, 1/K: the papers'); `"pair"` by the weight of all its pairs.
-      sample_weight: optional `[B]` non-negative weights; a pair counts
-        `w_i * w_j` and each normaliser becomes a sum of weights.
+      sample_weight: optional `[B]` non-negative weights (or a scalar); a pair
+        counts `w_i * w_j` and each normaliser becomes a sum of weights.
       conversion_without_click: `"error"` (default) rejects a conversion without
         a click in eager mode (in graph mode such rows join no group);
         `"as_click"` counts it as a converted click.
@@ -191,26 +275,16 @@ def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
     """
     p, w3, w2, w1 = _prepare(scores, click, conversion, sample_weight, normalization,
                              conversion_without_click)
-    key = tf.where(w2 > 0, p + margin_click, tf.where(w1 > 0, p + margin_nonclick, p))
-    order = _descending_positives_first(key, w3 > 0)
-    # Centre the sums, so that the expanded square loses little to cancellation.
-    all_weight = w1 + w2 + w3
-    shift = tf.stop_gradient(tf.math.divide_no_nan(tf.reduce_sum(all_weight * p),
-                                                   tf.reduce_sum(all_weight)))
-    key_sorted = tf.gather(key, order) - shift
-    w3_sorted = tf.gather(w3, order)
-    terms = []
-    for anchor_weight in (tf.gather(w2, order), tf.gather(w1, order)):
-        # Exclusive prefix sums: the anchors ranked strictly before each position.
-        # At a positive's position its own key is its score (minus the shift).
-        n = tf.cumsum(anchor_weight, exclusive=True)
-        q1 = tf.cumsum(anchor_weight * key_sorted, exclusive=True)
-        if squared:
-            q2 = tf.cumsum(anchor_weight * tf.square(key_sorted), exclusive=True)
-            per_positive = n * tf.square(key_sorted) - 2.0 * key_sorted * q1 + q2
-        else:
-            per_positive = q1 - n * key_sorted
-        terms.append(tf.reduce_sum(w3_sorted * per_positive))
+    margin = tf.where(w2 > 0, tf.cast(margin_click, tf.float32),
+                      tf.where(w1 > 0, tf.cast(margin_nonclick, tf.float32), 0.0))
+    order = _descending_positives_first(p + margin, w3 > 0)
+    # Sorted by scattering each row to its rank: the scores' gradient stays dense
+    # (a gather's would be IndexedSlices).
+    size = tf.shape(p)[0]
+    rank = tf.scatter_nd(order[:, None], tf.range(size), [size])
+    terms = _hinge_sums(tf.scatter_nd(rank[:, None], p, [size]), tf.gather(margin, order),
+                        tf.gather(w3, order), tf.gather(w2, order), tf.gather(w1, order),
+                        squared)
     positives = tf.reduce_sum(w3)
     return (_normalize(terms[0], tf.reduce_sum(w2), positives, normalization)
             + _normalize(terms[1], tf.reduce_sum(w1), positives, normalization))

@@ -214,3 +214,101 @@ def test_conversion_without_click_as_click():
                       conversion_without_click="as_click")
     explicit = pwiser(scores, [1, 1, 0], [1, 0, 0], margin_click=0.1)
     assert float(as_click) == pytest.approx(float(explicit))
+
+
+def brute_force(scores, click, conversion, weights, margin_click, margin_nonclick,
+                squared=True, normalization="anchor"):
+    """The definition in float64, with its gradient with respect to the scores."""
+    p, c, v = (np.asarray(x, np.float64) for x in (scores, click, conversion))
+    w = np.ones_like(p) if weights is None else np.asarray(weights, np.float64)
+    known = (c >= 0) & (v >= 0)
+    w3 = np.where(known & (c > 0.5) & (v > 0.5), w, 0)
+    value, grad = 0.0, np.zeros_like(p)
+    for anchor, margin in ((np.where(known & (c > 0.5) & (v < 0.5), w, 0), margin_click),
+                           (np.where(known & (c < 0.5), w, 0), margin_nonclick)):
+        d = np.maximum(p[:, None] - p[None, :] + np.float64(np.float32(margin)), 0)
+        pair = anchor[:, None] * w3[None, :]
+        h, dh = (d ** 2, 2 * d) if squared else (d, (d > 0).astype(np.float64))
+        den = anchor.sum() * (w3.sum() if normalization == "pair" else 1.0)
+        if den > 0:
+            value += (pair * h).sum() / den
+            grad += ((pair * dh).sum(1) - (pair * dh).sum(0)) / den
+    return value, grad
+
+
+@st.composite
+def far_batches(draw):
+    """Batches anywhere in +-1000, at any spread: a shift (a multiple of 1/16), a
+    power-of-two scale and grid offsets, all exact in float32, so ties are ties."""
+    size = draw(st.integers(2, 40))
+    shift = draw(st.integers(-16000, 16000)) / 16
+    scale = 2.0 ** draw(st.integers(-4, 6))
+    offsets = np.array(draw(st.lists(st.integers(-16, 16), min_size=size, max_size=size)))
+    click = np.array(draw(st.lists(st.sampled_from([0, 1]), min_size=size, max_size=size)))
+    converted = np.array(draw(st.lists(st.booleans(), min_size=size, max_size=size)))
+    weights = np.array(draw(st.lists(st.integers(0, 4), min_size=size, max_size=size))) / 2
+    margins = draw(st.tuples(st.integers(0, 8), st.integers(0, 8)))
+    return ((shift + scale * offsets / 16).astype(np.float32), click.astype(np.float32),
+            (click * converted).astype(np.float32), weights.astype(np.float32),
+            margins[0] / 16, margins[1] / 16)
+
+
+@settings(max_examples=80, deadline=None)
+@given(far_batches(), st.sampled_from(OPTIONS), st.booleans())
+def test_float64_brute_force_anywhere_in_plus_minus_1000(batch, options, weighted):
+    scores, click, conversion, weights, m1, m2 = batch
+    weights = weights if weighted else None
+    value, grad = value_and_grad(pwiser, scores, click, conversion, margin_click=m1,
+                                 margin_nonclick=m2, sample_weight=weights, **options)
+    exact, exact_grad = brute_force(scores, click, conversion, weights, m1, m2, **options)
+    assert value >= 0.0
+    assert value == pytest.approx(exact, rel=1e-4, abs=1e-12)
+    np.testing.assert_allclose(grad, exact_grad, rtol=1e-4, atol=1e-12)
+
+
+@pytest.mark.parametrize("squared", [True, False])
+@pytest.mark.parametrize("b", [1.0, 100.0, 306.0, 1000.0])
+def test_far_from_the_batch_mean(b, squared):
+    # S3 = {b}, S2 = {b}, S1 = {-b, -b, -b}: only the S2 pair pays, 0.1^2 (or 0.1).
+    scores = np.array([b, b, -b, -b, -b], np.float32)
+    click, conversion = [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]
+    value = float(pwiser(scores, click, conversion, margin_click=0.1, margin_nonclick=0.1,
+                         squared=squared))
+    exact, _ = brute_force(scores, click, conversion, None, 0.1, 0.1, squared=squared)
+    assert value == pytest.approx(exact, rel=1e-4)
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_continuous_scores_far_from_zero(options):
+    rng = np.random.default_rng(11)
+    size = 2000
+    click = (rng.random(size) < 0.2).astype(np.float32)
+    conversion = (click * (rng.random(size) < 0.3)).astype(np.float32)
+    weights = rng.random(size).astype(np.float32)
+    for centre in (-1000.0, 300.0, 1000.0):
+        scores = (centre + rng.normal(0, 0.5, size)).astype(np.float32)
+        value, grad = value_and_grad(pwiser, scores, click, conversion, margin_click=0.1,
+                                     margin_nonclick=0.2, sample_weight=weights, **options)
+        exact, exact_grad = brute_force(scores, click, conversion, weights, 0.1, 0.2,
+                                        **options)
+        assert value == pytest.approx(exact, rel=1e-4)
+        # The plain hinge's derivative jumps at 0: a pair within the keys' float32
+        # rounding (6e-5 at 1000) of it may fall on either side.
+        near = near_ties(scores, click, conversion, 0.1, 0.2) if not options["squared"] \
+            else np.zeros(size, bool)
+        assert near.sum() < 0.05 * size
+        np.testing.assert_allclose(grad[~near], exact_grad[~near], rtol=1e-4,
+                                   atol=1e-7 * abs(grad).max())
+
+
+def near_ties(scores, click, conversion, margin_click, margin_nonclick, within=2e-4):
+    """Rows of a pair whose hinge argument lies within `within` of 0."""
+    p = np.asarray(scores, np.float64)
+    positive = (click > 0.5) & (conversion > 0.5)
+    near = np.zeros(len(p), bool)
+    for anchor, margin in (((click > 0.5) & (conversion < 0.5), margin_click),
+                           (click < 0.5, margin_nonclick)):
+        d = p[:, None] - p[None, :] + margin
+        close = (np.abs(d) < within) & anchor[:, None] & positive[None, :]
+        near |= close.any(1) | close.any(0)
+    return near
