@@ -34,6 +34,7 @@ Example:
 ...                    margin_nonclick=0.5)), 4)
 0.02
 """
+import math
 from typing import Optional
 
 import numpy as np
@@ -69,7 +70,10 @@ def _float32(value: tf.Tensor) -> tf.Tensor:
     return value if value.dtype == tf.float32 else tf.cast(value, tf.float32)
 
 
-def _check_options(normalization: str, conversion_without_click: str) -> None:
+def _check_options(normalization: str, conversion_without_click: str,
+                   margin_click=0.0, margin_nonclick=0.0) -> None:
+    if not tf.is_tensor(margin_click) and not tf.is_tensor(margin_nonclick):
+        check_settings(margin_click=margin_click, margin_nonclick=margin_nonclick)
     if normalization not in NORMALIZATIONS:
         raise InputError(f"normalization must be one of {NORMALIZATIONS}, "
                          f"got {normalization!r}")
@@ -78,9 +82,41 @@ def _check_options(normalization: str, conversion_without_click: str) -> None:
                          f"{CONVERSION_WITHOUT_CLICK}, got {conversion_without_click!r}")
 
 
+def check_settings(**settings) -> None:
+    """Refuse a weight or margin that is not a finite number >= 0 (NaN passes `x < 0`)."""
+    for name, value in settings.items():
+        if not (math.isfinite(float(value)) and float(value) >= 0):
+            raise InputError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def check_labels(click, conversion, where: str = "pwiser") -> tf.Tensor:
+    """Labels must be 0, 1 or below 0 (missing), on every path.
+
+    Eagerly, a bad label raises `InputError` naming it. In a graph (`tf.function`,
+    `fit`, a TFRS task) a `tf.debugging.Assert` stops the step. XLA compiles
+    assertions away, so the boolean returned (all labels valid) lets the caller
+    turn its loss into NaN there, which the trainer reports.
+    """
+    labels = {"click": _float32(click), "conversion": _float32(conversion)}
+    valid = tf.reduce_all([tf.reduce_all((x == 0) | (x == 1) | (x < 0))
+                           for x in labels.values()])
+    if tf.executing_eagerly():
+        for name, x in labels.items():
+            x = np.asarray(x, np.float64).reshape(-1)
+            bad = ~((x == 0) | (x == 1) | (x < 0))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InputError(f"{where}: {name} labels must be 0, 1 or negative "
+                                 f"(missing); {name}[{i}] = {x[i]:g}")
+    else:
+        tf.debugging.Assert(valid, [f"{where}: click and conversion labels must be 0, 1 "
+                                    f"or negative (missing)"])
+    return valid
+
+
 def _check_values(scores, click, conversion, sample_weight, conversion_without_click):
-    """Eager-mode checks of shapes and labels (graph mode skips them: no host
-    round trip and nothing that breaks XLA)."""
+    """Shapes, and in eager mode the values (graph mode leaves them to
+    `check_labels`: no host round trip and nothing that breaks XLA)."""
     sizes = {"scores": scores.shape[0], "click": click.shape[0],
              "conversion": conversion.shape[0]}
     if sample_weight is not None:
@@ -92,20 +128,14 @@ def _check_values(scores, click, conversion, sample_weight, conversion_without_c
     if not tf.executing_eagerly():
         return
     c, v = np.asarray(click, np.float64), np.asarray(conversion, np.float64)
-    for name, labels in (("click", c), ("conversion", v)):
-        bad = ~((labels == 0) | (labels == 1) | (labels < 0))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InputError(f"pwiser: {name} labels must be 0, 1 or negative (missing); "
-                             f"{name}[{i}] = {labels[i]:g}")
     orphan = (v == 1) & (c == 0)
     if conversion_without_click == "error" and orphan.any():
         i = int(np.flatnonzero(orphan)[0])
         raise InputError(
             f"pwiser: conversion without a click at index {i} ({int(orphan.sum())} in the "
             f"batch); pass conversion_without_click='as_click' to count them as clicks")
-    if sample_weight is not None and np.any(np.asarray(sample_weight) < 0):
-        raise InputError("pwiser: sample_weight must be non-negative")
+    if sample_weight is not None and not np.all(np.asarray(sample_weight) >= 0):
+        raise InputError("pwiser: sample_weight must be non-negative and not NaN")
 
 
 def _groups(click, conversion, sample_weight, conversion_without_click):
@@ -129,16 +159,20 @@ def _groups(click, conversion, sample_weight, conversion_without_click):
 
 
 def _prepare(scores, click, conversion, sample_weight, normalization,
-             conversion_without_click):
-    _check_options(normalization, conversion_without_click)
+             conversion_without_click, margin_click, margin_nonclick):
+    _check_options(normalization, conversion_without_click, margin_click, margin_nonclick)
     scores, click, conversion = (_flat(n, x) for n, x in
                                  (("scores", scores), ("click", click),
                                   ("conversion", conversion)))
     if sample_weight is not None:
+        sample_weight = tf.convert_to_tensor(sample_weight)
+        if sample_weight.shape.rank == 0:  # a scalar weighs every row, as in Keras
+            sample_weight = tf.fill(tf.shape(scores), sample_weight)
         sample_weight = _flat("sample_weight", sample_weight)
     _check_values(scores, click, conversion, sample_weight, conversion_without_click)
-    return (_float32(scores),) + _groups(click, conversion, sample_weight,
-                                         conversion_without_click)
+    valid = check_labels(click, conversion)
+    return (valid, _float32(scores)) + _groups(click, conversion, sample_weight,
+                                               conversion_without_click)
 
 
 def _normalize(total, anchors_weight, positives_weight, normalization):
@@ -273,8 +307,9 @@ def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
     Returns:
       A float32 scalar; 0, with finite gradients, when a group is empty.
     """
-    p, w3, w2, w1 = _prepare(scores, click, conversion, sample_weight, normalization,
-                             conversion_without_click)
+    valid, p, w3, w2, w1 = _prepare(scores, click, conversion, sample_weight,
+                                    normalization, conversion_without_click,
+                                    margin_click, margin_nonclick)
     margin = tf.where(w2 > 0, tf.cast(margin_click, tf.float32),
                       tf.where(w1 > 0, tf.cast(margin_nonclick, tf.float32), 0.0))
     order = _descending_positives_first(p + margin, w3 > 0)
@@ -286,8 +321,9 @@ def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
                         tf.gather(w3, order), tf.gather(w2, order), tf.gather(w1, order),
                         squared)
     positives = tf.reduce_sum(w3)
-    return (_normalize(terms[0], tf.reduce_sum(w2), positives, normalization)
-            + _normalize(terms[1], tf.reduce_sum(w1), positives, normalization))
+    total = (_normalize(terms[0], tf.reduce_sum(w2), positives, normalization)
+             + _normalize(terms[1], tf.reduce_sum(w1), positives, normalization))
+    return tf.where(valid, total, np.nan)  # XLA drops the labels' assertion
 
 
 def pwiser_dense(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
@@ -295,8 +331,9 @@ def pwiser_dense(scores, click, conversion, *, margin_click: float = MARGIN_CLIC
                  normalization: str = "anchor", sample_weight=None,
                  conversion_without_click: str = "error") -> tf.Tensor:
     """The definition, with a dense `[B, B]` pair matrix: for tests and benchmarks."""
-    p, w3, w2, w1 = _prepare(scores, click, conversion, sample_weight, normalization,
-                             conversion_without_click)
+    valid, p, w3, w2, w1 = _prepare(scores, click, conversion, sample_weight,
+                                    normalization, conversion_without_click,
+                                    margin_click, margin_nonclick)
     positives = tf.reduce_sum(w3)
     total = tf.zeros([], tf.float32)
     for anchor_weight, margin in ((w2, margin_click), (w1, margin_nonclick)):
@@ -305,7 +342,8 @@ def pwiser_dense(scores, click, conversion, *, margin_click: float = MARGIN_CLIC
             hinge = tf.square(hinge)
         pairs = tf.reduce_sum(anchor_weight[:, None] * w3[None, :] * hinge)
         total += _normalize(pairs, tf.reduce_sum(anchor_weight), positives, normalization)
-    return total
+    return tf.where(valid, total, np.nan)
 
 
-__all__ = ["pwiser", "pwiser_dense", "MARGIN_CLICK", "MARGIN_NONCLICK", "PWISER_WEIGHT"]
+__all__ = ["pwiser", "pwiser_dense", "check_labels", "check_settings", "MARGIN_CLICK",
+           "MARGIN_NONCLICK", "PWISER_WEIGHT"]

@@ -20,10 +20,14 @@ loss in the model's `compute_loss` (as `pwiser_tf.models` does). `PackedAUC` is
 Keras' AUC of one column of the packed target, for a `tfrs.tasks.Ranking` task,
 which gives the same labels to its loss and its metrics.
 
-Reductions: the BCE part is reduced by Keras as usual (`sample_weight` weights
-each example). PWiseR is a batch-level term: it is computed once per call, with
-`sample_weight` weighting each pair by `w_i * w_j`, and added to the reduced BCE
-(with `reduction="none"`, to every element).
+Reductions: the BCE part is reduced by Keras as usual (`sample_weight`, a scalar
+or one value per row, weights each example). A row whose click is missing (below 0)
+leaves the BCE term, and a mean reduction averages over the labelled rows only: the
+rule of every path (`CtrCvrTask` too), and Keras' own for masked rows. PWiseR is a
+batch-level term: it is computed once per call, with `sample_weight` weighting each
+pair by `w_i * w_j`, and added to the reduced BCE (with `reduction="none"`, to
+every element). Labels other than 0, 1 or missing are refused on every path
+(`pwiser_tf.kernel.check_labels`).
 
 Under a `tf.distribute` strategy the value returned on each replica follows the
 Keras convention of the framework it runs in (Keras 3 returns a replica's share,
@@ -45,6 +49,7 @@ Example:
 >>> bool(abs(float(loss(y_true, y_pred)) - (bce + 0.02)) < 1e-5)
 True
 """
+import numpy as np
 import tensorflow as tf
 
 from pwiser_tf import kernel
@@ -106,8 +111,8 @@ class PWiseRLoss(tf.keras.losses.Loss):
         super().__init__(reduction=reduction, name=name)
         if pwiser_scores not in SCORES:
             raise InputError(f"pwiser_scores must be one of {SCORES}, got {pwiser_scores!r}")
-        if pwiser_weight < 0 or margin_click < 0 or margin_nonclick < 0:
-            raise InputError("pwiser_weight, margin_click and margin_nonclick must be >= 0")
+        kernel.check_settings(pwiser_weight=pwiser_weight, margin_click=margin_click,
+                              margin_nonclick=margin_nonclick)
         kernel._check_options(normalization, conversion_without_click)
         self.pwiser_weight = float(pwiser_weight)
         self.margin_click, self.margin_nonclick = float(margin_click), float(margin_nonclick)
@@ -118,43 +123,86 @@ class PWiseRLoss(tf.keras.losses.Loss):
         self.pairs = replicas_lib.check_pairs(pairs)
 
     @staticmethod
-    def _split(y_true, y_pred):
+    def _split(y_true, y_pred, owner: str = "PWiseRLoss"):
         y_true = tf.convert_to_tensor(y_true)
         y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
         if y_true.shape.rank != 2 or (y_true.shape[1] is not None and y_true.shape[1] != 2):
-            raise InputError(f"PWiseRLoss: y_true must be [B, 2] = (click, conversion), "
+            raise InputError(f"{owner}: y_true must be [B, 2] = (click, conversion), "
                              f"got shape {y_true.shape}")
         if y_pred.shape.rank == 2 and y_pred.shape[1] == 1:
             y_pred = y_pred[:, 0]
         elif y_pred.shape.rank != 1:
-            raise InputError(f"PWiseRLoss: y_pred must be [B] or [B, 1], got {y_pred.shape}")
+            raise InputError(f"{owner}: y_pred must be [B] or [B, 1], got {y_pred.shape}")
+        rows = (y_true.shape[0], y_pred.shape[0])
+        message = (f"{owner}: y_true and y_pred must have the same rows (y_true [B, 2], "
+                   f"y_pred [B] or [B, 1])")
+        if None not in rows and rows[0] != rows[1]:
+            raise InputError(f"{message}; got y_true {y_true.shape} and y_pred "
+                             f"{y_pred.shape[0]} rows")
+        if None in rows:
+            same = tf.debugging.assert_equal(tf.shape(y_true)[0], tf.shape(y_pred)[0],
+                                             message=message)
+            with tf.control_dependencies([same]):  # before any op that would mix them
+                y_true, y_pred = tf.identity(y_true), tf.identity(y_pred)
         y_true = tf.cast(y_true, tf.float32)
         return y_true[:, 0], y_true[:, 1], y_pred
 
+    @staticmethod
+    def _row_weights(sample_weight, rows, owner: str = "PWiseRLoss"):
+        """`sample_weight` as `[B]` float32 (a scalar or `[B, 1]` too, as in Keras)."""
+        if sample_weight is None:
+            return None
+        weight = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
+        if weight.shape.rank == 0:
+            return tf.fill(tf.shape(rows), weight)
+        weight = tf.reshape(weight, [-1])
+        if weight.shape[0] is not None and rows.shape[0] is not None \
+                and weight.shape[0] != rows.shape[0]:
+            raise InputError(f"{owner}: sample_weight must be a scalar or have one value "
+                             f"per row ({rows.shape[0]}), got shape {sample_weight.shape}")
+        return weight
+
     def call(self, y_true, y_pred):
-        """Per-example BCE on the click label (0 where the click is missing)."""
-        click, _, y_pred = self._split(y_true, y_pred)
+        """Per-example BCE on the click label (0 where the click is missing;
+        NaN everywhere if a label is not 0, 1 or missing, see `kernel.check_labels`)."""
+        click, conversion, y_pred = self._split(y_true, y_pred)
+        valid = kernel.check_labels(click, conversion, where=self.name)
         target = tf.maximum(click, 0.0)
         if self.from_logits:
             bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=y_pred)
         else:
             bce = binary_crossentropy(target, y_pred)
-        return tf.where(click >= 0, bce, 0.0)
+        return tf.where(valid, tf.where(click >= 0, bce, 0.0), np.nan)
+
+    def _bce_weights(self, click, sample_weight):
+        """The weights that make Keras' reduction a mean over the labelled rows, the
+        rule of every path (as Keras' own masking): missing rows weigh 0, and a
+        mean reduction is rescaled from all rows to the labelled ones, over the
+        global batch under a strategy."""
+        labelled = tf.cast(click >= 0, tf.float32)
+        weight = labelled if sample_weight is None else labelled * sample_weight
+        if not self._reduces_to_mean():
+            return weight
+        counts = replicas_lib.global_sum(tf.stack([tf.cast(tf.size(click), tf.float32),
+                                                   tf.reduce_sum(labelled)]))
+        return weight * tf.math.divide_no_nan(counts[0], counts[1])
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         replicas = replicas_lib.num_replicas()
+        click, _, _ = self._split(y_true, y_pred)
+        sample_weight = self._row_weights(sample_weight, click)
         if not self.bce:
             total = tf.zeros([], tf.float32)
-        elif replicas > 1 and self._keras_refuses_mean():
-            # tf-keras refuses `sum_over_batch_size` outside `compile` under a strategy
-            # (e.g. in `tfrs.tasks.Ranking`); this replica's share of the global mean.
-            values = self.call(y_true, y_pred)
-            if sample_weight is not None:
-                values *= tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
-            total = replicas_lib.share(tf.math.divide_no_nan(
-                tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)))
         else:
-            total = super().__call__(y_true, y_pred, sample_weight=sample_weight)
+            weight = self._bce_weights(click, sample_weight)
+            if replicas > 1 and self._keras_refuses_mean():
+                # tf-keras refuses `sum_over_batch_size` outside `compile` under a
+                # strategy (e.g. in `tfrs.tasks.Ranking`): this replica's share.
+                values = self.call(y_true, y_pred) * weight
+                total = replicas_lib.share(tf.math.divide_no_nan(
+                    tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)))
+            else:
+                total = super().__call__(y_true, y_pred, sample_weight=weight)
         if not self.pwiser_weight:
             return total
         term = self.pwiser_term(y_true, y_pred, sample_weight=sample_weight)
@@ -173,8 +221,9 @@ class PWiseRLoss(tf.keras.losses.Loss):
         elif not self.from_logits and self.pwiser_scores == "logit":
             scores = logit(y_pred)
         rows = [scores, click, conversion]
+        sample_weight = self._row_weights(sample_weight, click)
         if sample_weight is not None:
-            rows.append(tf.reshape(tf.cast(sample_weight, tf.float32), [-1]))
+            rows.append(sample_weight)
         rows = replicas_lib.gather(rows, self.pairs)
         return kernel.pwiser(rows[0], rows[1], rows[2], margin_click=self.margin_click,
                              margin_nonclick=self.margin_nonclick, squared=self.squared,
@@ -244,11 +293,12 @@ class PackedAUC(tf.keras.metrics.AUC):
         self.label = label
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = PWiseRLoss._split(y_true, y_pred)
+        labels = PWiseRLoss._split(y_true, y_pred, owner="PackedAUC")
         target, scores = labels[LABELS.index(self.label)], labels[2]
         weight = tf.cast(target >= 0, tf.float32)
+        sample_weight = PWiseRLoss._row_weights(sample_weight, target, owner="PackedAUC")
         if sample_weight is not None:
-            weight *= tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+            weight *= sample_weight
         return super().update_state(tf.maximum(target, 0.0), scores, sample_weight=weight)
 
     def get_config(self):

@@ -66,7 +66,7 @@ def test_in_a_tfrs_ranking_task():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(pwiser_scores="rank"), "pwiser_scores"),
     (dict(normalization="x"), "normalization"),
-    (dict(pwiser_weight=-1.0), "must be >= 0"),
+    (dict(pwiser_weight=-1.0), "must be a finite number >= 0"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(InputError, match=message):
