@@ -31,6 +31,7 @@ CVR_LOSSES = ("ctcvr", "cvr")
 TEMPERATURES = ("adaptive", "fixed")
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class AdaFTR(MMoE):
     """AdaFTR on MMoE with a CTR and a CVR tower, pCTCVR = pCTR * pCVR.
 

@@ -126,7 +126,11 @@ class CtrCvrModel(tfrs.Model):
         return logs
 
     def get_config(self):
-        return {"schema": self.schema.to_dict(), **self._init_config}
+        # Sequences as tuples: a model read back from a file got lists, which Keras
+        # then wraps (`ListWrapper`); its config is the same as the original's.
+        config = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+                  for k, v in self._init_config.items()}
+        return {"schema": self.schema.to_dict(), **config, "name": self.name}
 
     @classmethod
     def from_config(cls, config):

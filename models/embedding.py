@@ -22,6 +22,7 @@ def as_schema(schema: Union[Schema, dict]) -> Schema:
     return schema if isinstance(schema, Schema) else Schema.from_dict(schema)
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class FeatureEmbedding(tf.keras.layers.Layer):
     """Embeds the features of a `Schema` into `[B, num_fields * embedding_dim]`.
 
@@ -96,15 +97,26 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         inside = (ids >= 0) & (ids < vocab)
         return tf.where(inside, ids, tf.cast(vocab, ids.dtype)) + offset
 
+    def _checked(self, features, key: str, columns: int):
+        """`features[key]`, refused with one clear error unless it has `columns`."""
+        value = features[key]
+        width = value.shape[-1] if value.shape.rank else None
+        if width is not None and width != columns:
+            raise InputError(f"features[{key!r}] must have {columns} columns (one per "
+                             f"field of the schema), got shape {value.shape}")
+        return value
+
     def call(self, features):
         fields = []
         if self.schema.categorical:
-            ids = tf.cast(features[CATEGORICAL_KEY], tf.int64)
+            ids = tf.cast(self._checked(features, CATEGORICAL_KEY,
+                                        len(self.schema.categorical)), tf.int64)
             rows = self._rows_of(ids, tf.constant(self._cat_vocab, tf.int64),
                                  tf.constant(self._cat_offsets, tf.int64))
             fields.append(tf.gather(self.table, rows))                      # [B, C, D]
         if self.schema.numerical:
-            numerical = tf.cast(features[NUMERICAL_KEY], self.compute_dtype)
+            numerical = tf.cast(self._checked(features, NUMERICAL_KEY,
+                                              len(self.schema.numerical)), self.compute_dtype)
             fields.append(self.numerical_dense(numerical)[:, None, :])        # [B, 1, D]
         for field, offset in self._mv:
             fields.append(self._pool(features, field, offset)[:, None, :])
@@ -116,7 +128,10 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         present = tf.cast(ids >= 0, self.compute_dtype)  # -1 pads the batch
         rows = self._rows_of(ids, field.vocab_size, offset)
         weights = present
-        if field.has_values and field.values_key in features:
+        if field.has_values:  # never silently 1: the predictions would change
+            if field.values_key not in features:
+                raise InputError(f"features lack {field.values_key!r}: the schema gives "
+                                 f"the field {field.name!r} a value per id")
             weights = weights * tf.cast(features[field.values_key], self.compute_dtype)
         pooled = tf.einsum("bl,bld->bd", weights, tf.gather(self.table, rows))
         if self.multi_valued_pooling == "mean":

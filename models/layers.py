@@ -43,14 +43,22 @@ def _units(units, what: str):
     return units
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class MLP(tf.keras.layers.Layer):
     """A stack of `Dense -> BatchNorm -> ReLU -> Dropout` blocks.
+
+    The layers are kept in one flat list, `sublayers` (block `i`'s are named
+    `dense_i`, `batch_norm_i`, `relu_i`, `dropout_i`): the Keras savers
+    (`.weights.h5`, `.keras`) only follow layers held by an attribute or by a
+    flat list or dict attribute, not by nested lists. `blocks` groups them by block.
 
     Example:
 
     >>> mlp = MLP((8, 4), dropout=0.1)
     >>> mlp(tf.ones([3, 5])).shape
     TensorShape([3, 4])
+    >>> [layer.name for layer in mlp.blocks[1]]
+    ['dense_1', 'batch_norm_1', 'relu_1', 'dropout_1']
     """
 
     def __init__(self, units: Sequence[int], dropout: float = 0.2,
@@ -59,21 +67,29 @@ class MLP(tf.keras.layers.Layer):
         self.units = _units(units, "MLP units")
         self.dropout = float(dropout)
         self.batch_norm = bool(batch_norm)
-        self.blocks = []
-        for width in self.units:
-            block = [dense(width)]
+        sublayers = []
+        for i, width in enumerate(self.units):
+            sublayers.append(dense(width, name=f"dense_{i}"))
             if self.batch_norm:
-                block.append(tf.keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM))
-            block.append(tf.keras.layers.ReLU())
+                sublayers.append(tf.keras.layers.BatchNormalization(
+                    momentum=BATCH_NORM_MOMENTUM, name=f"batch_norm_{i}"))
+            sublayers.append(tf.keras.layers.ReLU(name=f"relu_{i}"))
             if self.dropout:
-                block.append(tf.keras.layers.Dropout(self.dropout))
-            self.blocks.append(block)
+                sublayers.append(tf.keras.layers.Dropout(self.dropout, name=f"dropout_{i}"))
+        self.sublayers = sublayers
+
+    @property
+    def blocks(self):
+        """The layers of each block: `[Dense, BatchNorm, ReLU, Dropout]` (BatchNorm
+        and Dropout only where the block has them)."""
+        size = len(self.sublayers) // len(self.units)
+        return [list(self.sublayers[i:i + size])
+                for i in range(0, len(self.sublayers), size)]
 
     def call(self, inputs, training=None):
         x = inputs
-        for block in self.blocks:
-            for layer in block:
-                x = layer(x, training=training)
+        for layer in self.sublayers:
+            x = layer(x, training=training)
         return x
 
     def get_config(self):
@@ -82,6 +98,7 @@ class MLP(tf.keras.layers.Layer):
         return config
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class Tower(tf.keras.layers.Layer):
     """A task tower: an `MLP`, then `Dense(1)`; returns the logit `[B]`.
 
@@ -117,6 +134,7 @@ class Tower(tf.keras.layers.Layer):
         return config
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class ExpertBank(tf.keras.layers.Layer):
     """`num_experts` expert MLPs on one input, computed together.
 
@@ -142,13 +160,18 @@ class ExpertBank(tf.keras.layers.Layer):
         self.dropout = float(dropout)
         self.batch_norm = bool(batch_norm)
         self.first = dense(self.num_experts * self.units[0], name="dense_0")
+        # One batch norm per layer, none without batch norm (no `None` entries: the
+        # savers track a list of layers).
         self.norms = [tf.keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM,
-                                                     name=f"batch_norm_{i}")
-                      if self.batch_norm else None for i in range(len(self.units))]
+                                                         name=f"batch_norm_{i}")
+                      for i in range(len(self.units))] if self.batch_norm else []
         self.drop = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
 
     def build(self, input_shape):
-        self.first.build(input_shape)
+        # Each sublayer is built in its own name scope, as its first call would:
+        # `experts/dense_0/kernel`, `experts/batch_norm_1/gamma`, ... (unique names).
+        with tf.name_scope(self.first.name):
+            self.first.build(input_shape)
         self.kernels, self.biases = [], []
         for i, (fan_in, fan_out) in enumerate(zip(self.units, self.units[1:]), start=1):
             self.kernels.append(self.add_weight(
@@ -157,12 +180,12 @@ class ExpertBank(tf.keras.layers.Layer):
             self.biases.append(self.add_weight(
                 name=f"bias_{i}", shape=[self.num_experts, fan_out], initializer="zeros"))
         for norm, width in zip(self.norms, self.units):
-            if norm is not None:
+            with tf.name_scope(norm.name):
                 norm.build([None, self.num_experts * width])
         super().build(input_shape)
 
     def _activate(self, x, i, training):
-        if self.norms[i] is not None:
+        if self.norms:
             x = self.norms[i](x, training=training)
         x = tf.nn.relu(x)
         if self.drop is not None:
@@ -185,6 +208,7 @@ class ExpertBank(tf.keras.layers.Layer):
         return config
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class Gate(tf.keras.layers.Layer):
     """A softmax gate over experts: returns the weights `[B, E]` (rows sum to 1).
 
@@ -214,6 +238,7 @@ class Gate(tf.keras.layers.Layer):
         return config
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class TransferAttention(tf.keras.layers.Layer):
     """AITM's adaptive information transfer.
 

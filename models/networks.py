@@ -26,6 +26,7 @@ from pwiser_tf.models.layers import MLP, ExpertBank, Gate, TransferAttention
 from pwiser_tf.models.task import binary_crossentropy, label_weights
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class SingleTask(CtrCvrModel):
     """STL: one network per task (own embeddings, bottom MLP and tower).
 
@@ -53,6 +54,7 @@ class SingleTask(CtrCvrModel):
                            pctcvr=tf.sigmoid(self.ctcvr_tower(ctcvr, training=training))), {}
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class SharedBottom(CtrCvrModel):
     """Shared-Bottom: one shared bottom MLP, one tower per task.
 
@@ -76,6 +78,7 @@ class SharedBottom(CtrCvrModel):
                            pctcvr=tf.sigmoid(self.ctcvr_tower(shared, training=training))), {}
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class MMoE(CtrCvrModel):
     """MMoE: `num_experts` expert MLPs, one softmax gate per task, one tower per task.
 
@@ -117,12 +120,14 @@ class MMoE(CtrCvrModel):
                            pctcvr=tf.sigmoid(self.ctcvr_tower(ctcvr, training=training))), {}
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class OMoE(MMoE):
     """OMoE: MMoE with one softmax gate shared by both tasks."""
 
     gate_per_task = False
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class PLE(CtrCvrModel):
     """PLE (CGC levels): task-specific and shared experts per level.
 
@@ -144,20 +149,34 @@ class PLE(CtrCvrModel):
         self._init_config.update(options(locals()))
         level_units = check_units(level_units, "level_units")
         self.embedding = self.make_embedding()
-        self.levels = []
+        # Flat lists of layers, not a list of per-level dicts: the Keras savers
+        # (`.weights.h5`, `.keras`) follow attributes and flat lists of layers, not
+        # containers nested in a list. `levels` groups them by level.
         num_all = num_shared_experts + 2 * num_specific_experts
+        self.shared_banks, self.specific_banks = [], []
+        self.task_gates, self.shared_gates = [], []
         for level, width in enumerate(level_units):
-            last = level == len(level_units) - 1
-            self.levels.append({
-                "shared": self._bank(num_shared_experts, width, f"level{level}_shared"),
-                "specific": [self._bank(num_specific_experts, width, f"level{level}_task{t}")
-                             for t in range(2)],
-                "task_gates": [Gate(num_shared_experts + num_specific_experts,
-                                    name=f"level{level}_gate{t}") for t in range(2)],
-                "shared_gate": None if last else Gate(num_all, name=f"level{level}_gate_s"),
-            })
+            self.shared_banks.append(self._bank(num_shared_experts, width,
+                                                f"level{level}_shared"))
+            self.specific_banks.extend(self._bank(num_specific_experts, width,
+                                                  f"level{level}_task{t}") for t in range(2))
+            self.task_gates.extend(Gate(num_shared_experts + num_specific_experts,
+                                        name=f"level{level}_gate{t}") for t in range(2))
+            if level < len(level_units) - 1:  # the last level has no shared gate
+                self.shared_gates.append(Gate(num_all, name=f"level{level}_gate_s"))
         self.ctr_tower = self.make_tower("ctr_tower")
         self.ctcvr_tower = self.make_tower("ctcvr_tower")
+
+    @property
+    def levels(self):
+        """Per level, its layers: `shared` (a bank), `specific` (a bank per task),
+        `task_gates` (a gate per task) and `shared_gate` (None at the last level)."""
+        return [{"shared": shared,
+                 "specific": list(self.specific_banks[2 * level:2 * level + 2]),
+                 "task_gates": list(self.task_gates[2 * level:2 * level + 2]),
+                 "shared_gate": (self.shared_gates[level]
+                                 if level < len(self.shared_gates) else None)}
+                for level, shared in enumerate(self.shared_banks)]
 
     def _bank(self, num_experts, width, name):
         return ExpertBank(num_experts, (width,), self.dropout, self.batch_norm, name=name)
@@ -191,6 +210,7 @@ class PLE(CtrCvrModel):
                            pctcvr=tf.sigmoid(self.ctcvr_tower(ctcvr, training=training))), {}
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class AITM(CtrCvrModel):
     """AITM: per-task bottoms, adaptive information transfer from CTR to CTCVR.
 
@@ -229,6 +249,7 @@ class AITM(CtrCvrModel):
         return out, extras
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class ESMM(CtrCvrModel):
     """ESMM: CTR and CVR towers on shared embeddings, pCTCVR = pCTR * pCVR.
 
@@ -259,6 +280,7 @@ class ESMM(CtrCvrModel):
         return predictions(pctr, pcvr=pcvr), {}
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class ESCM2(ESMM):
     """ESCM2-IPS: ESMM plus a counterfactual CVR risk over the exposure space.
 

@@ -21,6 +21,7 @@ A label below 0 marks a missing label: that exposure leaves every term.
 """
 from typing import Dict, Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from pwiser_tf import kernel, replicas
@@ -36,6 +37,7 @@ PWISER_DEFAULTS = {"pwiser_weight": kernel.PWISER_WEIGHT,
                    "margin_nonclick": kernel.MARGIN_NONCLICK}
 
 
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
 class AUC(tf.keras.metrics.AUC):
     """Streaming ROC AUC, bucketed on `sigmoid(logit(p) / logit_scale)`.
 
@@ -127,15 +129,16 @@ class CtrCvrTask(tf.keras.layers.Layer):
         if task_weights is None:
             task_weights = [1.0] * len(self.bce_heads)
         self.task_weights = tuple(float(w) for w in task_weights)
+        kernel.check_settings(**{f"task_weights[{i}]": w
+                                 for i, w in enumerate(self.task_weights)})
         if len(self.task_weights) != len(self.bce_heads):
             raise InputError(f"task_weights {self.task_weights} must give one weight per "
                              f"head {self.bce_heads}")
         _check_choice("pwiser_head", pwiser_head, HEADS)
         _check_choice("pwiser_scores", pwiser_scores, SCORES)
         _check_choice("normalization", normalization, kernel.NORMALIZATIONS)
-        if pwiser_weight < 0 or margin_click < 0 or margin_nonclick < 0:
-            raise InputError("pwiser_weight, margin_click and margin_nonclick must be >= 0, "
-                             f"got {pwiser_weight}, {margin_click}, {margin_nonclick}")
+        kernel.check_settings(pwiser_weight=pwiser_weight, margin_click=margin_click,
+                              margin_nonclick=margin_nonclick, **(extra_weights or {}))
         self.pwiser_weight = float(pwiser_weight)
         self.pwiser_head, self.pwiser_scores = pwiser_head, pwiser_scores
         self.margin_click, self.margin_nonclick = float(margin_click), float(margin_nonclick)
@@ -170,6 +173,7 @@ class CtrCvrTask(tf.keras.layers.Layer):
     def call(self, labels, predictions, extras: Optional[Mapping[str, tf.Tensor]] = None,
              training=False):
         labels = {k: tf.cast(tf.reshape(v, [-1]), tf.float32) for k, v in labels.items()}
+        valid = kernel.check_labels(labels["click"], labels["conversion"], where=self.name)
         weights = label_weights(labels)
         bce = {}
         for head in ("ctr", "ctcvr", "cvr"):
@@ -190,8 +194,8 @@ class CtrCvrTask(tf.keras.layers.Layer):
         # Under a strategy the BCE and PWiseR terms are over the global batch, the
         # extras are this replica's means; `tfrs.Model` sums the replicas' losses
         # and gradients, so each returns its share: the step and the reported loss
-        # equal one device on the global batch.
-        return replicas.share(loss)
+        # equal one device on the global batch. NaN for invalid labels under XLA.
+        return tf.where(valid, replicas.share(loss), np.nan)
 
     def get_config(self):
         config = super().get_config()

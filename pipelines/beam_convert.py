@@ -24,6 +24,8 @@ the shards may be cut differently), with the same readers:
 
 A rerun with the same inputs and options returns the finished conversion;
 an interrupted one starts over (the runner retries failed work items itself).
+As with `convert`, `overwrite` writes into `.staging/` and replaces a finished
+conversion only when the new one has finished.
 
 Example:
 
@@ -94,7 +96,8 @@ def convert_beam(format: str, inputs, output_dir: str, *, runner: str = "direct"
             from None
     finally:
         root.setLevel(level)
-    from pwiser_tf.pipelines.convert import _absolute, _plain, check_arguments
+    from pwiser_tf.pipelines.convert import (_absolute, _plain, _publish, check_arguments,
+                                             output_lock, publish_staged, work_directory)
     from pwiser_tf.pipelines.readers import open_reader
 
     by_split, compression = check_arguments(format, inputs, compression,
@@ -112,22 +115,27 @@ def convert_beam(format: str, inputs, output_dir: str, *, runner: str = "direct"
         "options": {k: v for k, v in sorted(options.items())},
         "inputs": {s: [_absolute(p) for p in paths] for s, paths in by_split.items()}})
     gfile = fileio.gfile
-    gfile.makedirs(output_dir)
-    with fileio.exclusive_lock(output_dir, "conversion"):
-        done = _finished(output_dir, fingerprint, overwrite)
+    with output_lock(output_dir):
+        done = publish_staged(output_dir, fingerprint) or \
+            _finished(output_dir, fingerprint, overwrite)
         if done is not None:
             return done
-        for stale in gfile.glob(fileio.join(output_dir, "*.tfrecord*")):
+        # a finished conversion stays in place until its replacement has finished
+        work_dir = work_directory(output_dir)
+        for stale in gfile.glob(fileio.join(work_dir, "*.tfrecord*")):
             gfile.remove(stale)
-        job = _Job(format, by_split, options, block_bytes, output_dir)
+        job = _Job(format, by_split, options, block_bytes, work_dir)
         if remap_ids:
-            _run(job.collect_ids, runner, beam_options, output_dir)
+            _run(job.collect_ids, runner, beam_options, work_dir)
         _run(lambda p: job.convert(p, validation_fraction, seed, compression, remap_ids),
-             runner, beam_options, output_dir)
-        stats = fileio.read_json(fileio.join(output_dir, _STATS_FILE))
-        gfile.remove(fileio.join(output_dir, _STATS_FILE))
-        return _write_metadata(output_dir, layout, format, compression, stats, fingerprint,
-                               remap_ids, validation_fraction, by_split)
+             runner, beam_options, work_dir)
+        stats = fileio.read_json(fileio.join(work_dir, _STATS_FILE))
+        gfile.remove(fileio.join(work_dir, _STATS_FILE))
+        metadata = _write_metadata(work_dir, layout, format, compression, stats, fingerprint,
+                                   remap_ids, validation_fraction, by_split)
+        if work_dir != output_dir:
+            _publish(work_dir, output_dir, metadata)
+        return metadata
 
 
 def _run(build, runner, beam_options, output_dir: str) -> None:
@@ -173,8 +181,7 @@ def _finished(output_dir, fingerprint, overwrite):
     if not overwrite:
         raise InputError(f"{output_dir}: holds a finished conversion of other inputs or "
                          f"options; choose another output directory or overwrite it")
-    fileio.gfile.remove(path)
-    return None
+    return None  # replaced once the new conversion has finished
 
 
 class _Job:

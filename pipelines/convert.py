@@ -21,7 +21,10 @@ their split is complete; a marker `.{split}.done.json` then records the split's
 shards, counts and vocabulary maxima with a fingerprint of the inputs and
 options. A rerun reuses every split whose marker matches, removes whatever else
 an interrupted run left and converts the rest; `metadata.json` comes last, so
-a directory without it is never taken for a finished conversion.
+a directory without it is never taken for a finished conversion. A conversion
+that replaces a finished one (`overwrite`) is written into `.staging/` and moved
+into place only when it has finished, so one that fails leaves the old one intact;
+a refused conversion removes an output folder it created and left empty.
 
 Example:
 
@@ -30,6 +33,7 @@ Example:
 ...                    validation_fraction=0.1)                # doctest: +SKIP
 >>> metadata.splits["validation"].counts                       # doctest: +SKIP
 """
+import contextlib
 import json
 import os
 import re
@@ -53,6 +57,7 @@ _WORDS = {"train": ("train",), "test": ("test",),
           "validation": ("val", "valid", "validation", "dev")}
 _MARKER = ".{}.done.json"
 _INDEX_DIR = ".index"  # the raw joins' on-disk index, inside the output, removed when done
+_STAGING_DIR = ".staging"  # a replacement of a finished conversion, until it has finished
 _HASH_SEED = 0x9E3779B97F4A7C15
 MAX_VOCAB = 1 << 31       # a field's max id + 1 above this is refused
 MAX_VOCAB_RATIO = 1000    # ... and so is one above this many times its distinct ids,
@@ -81,14 +86,15 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
         to the `validation` split instead; 0 writes none.
       seed: salts that hash.
       compression: `""` or `"GZIP"`.
-      records_per_shard: at most this many records per shard file.
+      records_per_shard: at most this many records per shard file (at least 1).
       skip_malformed, conversions_without_click, **reader_options: passed to the
         readers (`open_reader`).
       remap_ids: renumber each field's ids 1..k (0 stays "absent") over all splits,
         with one extra pass, and save the map as `id_maps.npz` (see
         `readers/idmap.py`); for raw Ali-CCP, whose ids share one global space.
       overwrite: replace a finished (or corrupt) conversion of other inputs in
-        `output_dir`, shards of every split included.
+        `output_dir`, shards of every split included; it stays in place until the
+        new conversion has finished (written in `output_dir/.staging/`).
       progress: a tqdm bar of bytes read, on stderr.
       max_vocab: refuse a field whose max id + 1 (its embedding table) exceeds this
         (default 2^31) and advise `remap_ids`.
@@ -102,6 +108,9 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
     """
     by_split, compression = check_arguments(format, inputs, compression,
                                             validation_fraction)
+    if isinstance(records_per_shard, bool) or \
+            not isinstance(records_per_shard, (int, np.integer)) or records_per_shard < 1:
+        raise InputError(f"records_per_shard must be at least 1, got {records_per_shard!r}")
     options = dict(skip_malformed=skip_malformed,
                    conversions_without_click=conversions_without_click, **reader_options)
     fingerprint = {
@@ -116,8 +125,7 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
     if len(set(layouts.values())) > 1:
         raise InputError(f"the splits' files have different columns: "
                          f"{ {s: l.labels for s, l in layouts.items()} }")
-    fileio.make_dirs(output_dir, "--output")
-    with fileio.exclusive_lock(output_dir, "conversion"):
+    with output_lock(output_dir):
         index_dir = None
         if reader_class(format).joins and not options.get("index_dir") and \
                 fileio.is_local(output_dir):
@@ -136,16 +144,19 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
 def _convert(format, by_split, output_dir, options, fingerprint, layouts,
              validation_fraction, seed, compression, records_per_shard, remap_ids, overwrite,
              progress, limits) -> schema_lib.Metadata:
-    done = _finished(output_dir, fingerprint, overwrite)
+    done = publish_staged(output_dir, fingerprint)
+    if done is None:
+        done = _finished(output_dir, fingerprint, overwrite)
     if done is not None:
         return done
+    work_dir = work_directory(output_dir)
 
     layout = next(iter(layouts.values()))
-    id_map = _id_map(format, by_split, options, output_dir, fingerprint, layout,
+    id_map = _id_map(format, by_split, options, work_dir, fingerprint, layout,
                      progress) if remap_ids else None
     results = {}
     for split in (s for s in SPLITS if s in by_split):
-        results[split] = _split_result(format, split, by_split[split], output_dir, fingerprint,
+        results[split] = _split_result(format, split, by_split[split], work_dir, fingerprint,
                                        options, validation_fraction, seed, compression,
                                        records_per_shard, progress, id_map, limits[0])
     vocab: Dict[str, int] = {}
@@ -166,13 +177,74 @@ def _convert(format, by_split, output_dir, options, fingerprint, layouts,
                "source_counts": {s: r["source_counts"] for s, r in results.items()},
                **({"id_maps": ID_MAPS_FILE} if remap_ids else {})})
     keep = {name for split in splits.values() for name in split.files}
-    for stray in _shards(output_dir):  # old shards of splits this conversion lacks
+    for stray in _shards(work_dir):  # old shards of splits this conversion lacks
         if os.path.basename(stray) not in keep:
             gfile.remove(stray)
-    metadata.save(output_dir)
-    for marker in gfile.glob(fileio.join(output_dir, _MARKER.format("*"))):
+    metadata.save(work_dir)
+    for marker in gfile.glob(fileio.join(work_dir, _MARKER.format("*"))):
         gfile.remove(marker)  # the metadata now says it all
+    if work_dir != output_dir:
+        _publish(work_dir, output_dir, metadata)
     return metadata
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str):
+    """Creates `output_dir` if needed and holds its conversion lock (every runner).
+    A refused conversion leaves no new folder behind (`fileio.removed_if_refused`)."""
+    with fileio.removed_if_refused(output_dir):
+        fileio.make_dirs(output_dir, "--output")
+        with fileio.exclusive_lock(output_dir, "conversion"):
+            yield
+
+
+def work_directory(output_dir: str) -> str:
+    """Where a conversion writes: `output_dir`, or its staging folder while a finished
+    conversion is there (it stays in place until its replacement has finished)."""
+    staging = fileio.join(output_dir, _STAGING_DIR)
+    if not gfile.exists(fileio.join(output_dir, schema_lib.METADATA_FILE)):
+        if gfile.exists(staging):
+            fileio.remove_tree(staging)  # a replacement of a conversion no longer there
+        return output_dir
+    gfile.makedirs(staging)
+    return staging
+
+
+def publish_staged(output_dir: str, fingerprint: dict) -> Optional[schema_lib.Metadata]:
+    """Finishes moving a staged conversion of `fingerprint` into place, when a run
+    was killed while it published it; None when there is none."""
+    staging = fileio.join(output_dir, _STAGING_DIR)
+    if not gfile.exists(fileio.join(staging, schema_lib.METADATA_FILE)):
+        return None
+    try:
+        metadata = schema_lib.Metadata.load(staging)
+    except schema_lib.MetadataError:
+        return None
+    if metadata.extra.get("fingerprint") != _plain(fingerprint):
+        return None
+    _publish(staging, output_dir, metadata)
+    return metadata
+
+
+def _publish(staging: str, output_dir: str, metadata: schema_lib.Metadata) -> None:
+    """Replaces the conversion in `output_dir` by the finished one in `staging`;
+    `metadata.json` last. Every step can be repeated (`publish_staged`)."""
+    target = fileio.join(output_dir, schema_lib.METADATA_FILE)
+    if gfile.exists(target):
+        gfile.remove(target)  # from here on the old conversion is gone
+    new = {name for split in metadata.splits.values() for name in split.files}
+    if metadata.extra.get("id_maps"):
+        new.add(ID_MAPS_FILE)
+    for old in (_shards(output_dir) + gfile.glob(fileio.join(output_dir, _MARKER.format("*")))
+                + gfile.glob(fileio.join(output_dir, ID_MAPS_FILE))):
+        if os.path.basename(old) not in new:
+            gfile.remove(old)
+    for name in sorted(new):
+        source = fileio.join(staging, name)
+        if gfile.exists(source):  # (moved already by a run killed while publishing)
+            gfile.rename(source, fileio.join(output_dir, name), overwrite=True)
+    gfile.rename(fileio.join(staging, schema_lib.METADATA_FILE), target, overwrite=True)
+    fileio.remove_tree(staging)
 
 
 def check_arguments(format: str, inputs, compression: Optional[str],
@@ -206,12 +278,16 @@ def assign_splits(inputs) -> Dict[str, List[str]]:
         items = []
         for entry in inputs:
             split, sep, path = str(entry).partition("=")
+            if sep and split not in SPLITS and re.fullmatch(r"[A-Za-z_]+", split) and \
+                    not os.path.exists(entry):  # a mistyped SPLIT=, not a file named so
+                raise InputError(f"{entry}: unknown split {split!r}; use one of "
+                                 f"{', '.join(SPLITS)}")
             items.append((split, path) if sep and split in SPLITS else (None, str(entry)))
     out: Dict[str, List[str]] = {}
     for split, path in items:
         split = split or infer_split(path)
         if split not in SPLITS:
-            raise InputError(f"{path}: unknown split {split!r}; use one of {SPLITS}")
+            raise InputError(f"{path}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
         out.setdefault(split, []).append(path)
     return out
 
@@ -259,7 +335,8 @@ def _shards(output_dir: str) -> List[str]:
 
 
 def _finished(output_dir, fingerprint, overwrite):
-    """The metadata of an identical finished conversion; clears a different one."""
+    """The metadata of an identical finished conversion; None if there is none, or if a
+    different one may be replaced (`overwrite`; it stays until the new one has finished)."""
     path = fileio.join(output_dir, schema_lib.METADATA_FILE)
     if not gfile.exists(path):
         return None
@@ -275,10 +352,6 @@ def _finished(output_dir, fingerprint, overwrite):
                              f"--overwrite (overwrite=True)")
         raise InputError(f"{output_dir}: holds a finished conversion of other inputs or "
                          f"options; choose another output directory or overwrite it")
-    gfile.remove(path)
-    for stale in (_shards(output_dir) + gfile.glob(fileio.join(output_dir, _MARKER.format("*")))
-                  + gfile.glob(fileio.join(output_dir, ID_MAPS_FILE))):
-        gfile.remove(stale)
     return None
 
 

@@ -19,6 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import tensorflow as tf
 
 from pwiser_tf.errors import InputError
@@ -33,6 +34,7 @@ DEFAULT_CYCLE_LENGTH = 8
 READ_BUFFER_BYTES = 8 << 20
 READ_AHEAD_RECORDS = 65_536
 INTERLEAVE_BLOCK = DEFAULT_SHUFFLE_GROUP  # consecutive records taken from one shard
+VALUES_SAMPLE = 64  # records of each shard whose multi-valued values are checked
 
 
 class ShardError(InputError):
@@ -83,8 +85,10 @@ def make_dataset(path: Union[str, Sequence[str]], batch_size: int, *, split: str
       prefetch: batches prepared ahead (`tf.data.AUTOTUNE` by default).
       verify: read every shard once, when first used in this process, so that a
         truncated, corrupt, cut or emptied shard fails here with its name instead of
-        training or scoring on fewer records: a directory's record counts are
-        checked against its `metadata.json`.
+        training or scoring on fewer records: the record counts of a directory, or of
+        files that the `metadata.json` beside them lists, are checked against it; and
+        the first records of each shard must hold a value per id of every multi-valued
+        field that the schema gives values.
     """
     if batch_size <= 0:
         raise InputError(f"batch_size must be positive, got {batch_size}")
@@ -94,7 +98,8 @@ def make_dataset(path: Union[str, Sequence[str]], batch_size: int, *, split: str
         raise InputError(f"multi_valued_length must be positive, got {multi_valued_length}")
     files, schema, compression = resolve(path, split, schema, compression)
     if verify:
-        verify_shards(files, compression, expected_records(path, split))
+        verify_shards(files, compression, expected_records(path, split, files))
+        verify_values(files, compression, schema)
     batches = record_batches(
         files, compression, batch_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
         shuffle_group=shuffle_group, repeat=repeat, deterministic=deterministic,
@@ -187,12 +192,14 @@ def match_patterns(patterns: Sequence[str]) -> List[str]:
     return files
 
 
-def expected_records(path, split: str) -> Optional[List[int]]:
-    """The records of each shard of a converted directory's split, as its metadata.json
-    lists them: `[n]` (the split's total) for metadata that predates per-shard counts,
-    None for a file pattern."""
+def expected_records(path, split: str,
+                     files: Optional[Sequence[str]] = None) -> Optional[List[Optional[int]]]:
+    """The records of each shard as metadata.json lists them. For a converted directory,
+    of its split's shards (`[n]`, the split's total, for metadata that predates per-shard
+    counts). For a file pattern or a list of them, of each of the matched `files` that the
+    metadata.json in its folder lists (None for one it does not); None when it lists none."""
     if not isinstance(path, (str, os.PathLike)) or not tf.io.gfile.isdir(path):
-        return None
+        return _listed_records(files) if files else None
     entry = Metadata.load(path).splits.get(split)
     if entry is None:
         return None
@@ -201,14 +208,33 @@ def expected_records(path, split: str) -> Optional[List[int]]:
     return [int(entry.counts["rows"])] if "rows" in entry.counts else None
 
 
+def _listed_records(files: Sequence[str]) -> Optional[List[Optional[int]]]:
+    """Per file: its records as the metadata.json in its folder lists them, else None
+    (a pattern inside a converted directory is checked as the directory would be)."""
+    listed: Dict[str, Dict[str, int]] = {}
+    out = []
+    for name in files:
+        folder = os.path.dirname(name) or "."
+        if folder not in listed:
+            listed[folder] = {}
+            if tf.io.gfile.exists(os.path.join(folder, METADATA_FILE)):
+                for entry in Metadata.load(folder).splits.values():
+                    if entry.records and len(entry.records) == len(entry.files):
+                        listed[folder].update(zip(entry.files, entry.records))
+        out.append(listed[folder].get(os.path.basename(name)))
+    return out if any(n is not None for n in out) else None
+
+
 def verify_split(path: str, split: str) -> List[str]:
-    """`verify_shards` of a converted directory's split; returns its shard files."""
+    """`verify_shards` and `verify_values` of a converted directory's split; returns
+    its shard files."""
     metadata = Metadata.load(path)
     files = metadata.files(split, path)
     for name in files:
         if not tf.io.gfile.exists(name):
             raise ShardError(f"{name}: shard listed in {path}/{METADATA_FILE} is missing")
     verify_shards(files, metadata.compression, expected_records(path, split))
+    verify_values(files, metadata.compression, metadata.schema)
     return files
 
 
@@ -306,6 +332,7 @@ class Parser:
 
 _VERIFIED: Dict[tuple, int] = {}  # (shard, compression, size, mtime) -> records
 _VERIFIED_LOCK = threading.Lock()
+_VALUES_VERIFIED = set()  # (shard, compression, size, mtime, valued fields)
 
 
 def verify_shards(files: Sequence[str], compression: str,
@@ -318,11 +345,7 @@ def verify_shards(files: Sequence[str], compression: str,
     trusted (and its count remembered) for this process until its size or
     modification time changes, so the check costs one read per shard and process.
     """
-    def key(name):
-        stat = tf.io.gfile.stat(name)
-        return (_absolute(name), compression, stat.length, stat.mtime_nsec)
-
-    keys = [key(name) for name in files]
+    keys = [_shard_key(name, compression) for name in files]
     pending = [(name, k) for name, k in zip(files, keys) if k not in _VERIFIED]
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(pending)))) as pool:
         results = list(pool.map(lambda item: _check_shard(item[0], compression), pending))
@@ -337,13 +360,59 @@ def verify_shards(files: Sequence[str], compression: str,
     return counts
 
 
+def _shard_key(name: str, compression: str) -> tuple:
+    stat = tf.io.gfile.stat(name)
+    return (_absolute(name), compression, stat.length, stat.mtime_nsec)
+
+
+def verify_values(files: Sequence[str], compression: str, schema: Schema) -> None:
+    """Refuses shards whose first records lack the values of a multi-valued field that
+    the schema gives values (`mv_<field>_values`): read without them, its ids would be
+    weighed wrongly and silently. Each shard is checked once per process (until it
+    changes)."""
+    fields = tuple(field for field in schema.multi_valued if field.has_values)
+    if not fields:
+        return
+    for name in files:
+        key = _shard_key(name, compression) + (fields,)
+        if key in _VALUES_VERIFIED:
+            continue
+        problem = _values_problem(name, compression, fields)
+        if problem:
+            raise ShardError(f"{name}: {problem}; the schema gives the field a value per id: "
+                             f"convert the data again")
+        _VALUES_VERIFIED.add(key)
+
+
+def _values_problem(name: str, compression: str, fields) -> str:
+    """'' when the first records hold as many values as ids of each field, else why not."""
+    spec = {}
+    for field in fields:
+        spec[field.key] = tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
+        spec[field.values_key] = tf.io.RaggedFeature(tf.float32, row_splits_dtype=tf.int64)
+    records = tf.data.TFRecordDataset(name, compression_type=compression)
+    try:
+        for batch in records.take(VALUES_SAMPLE).batch(VALUES_SAMPLE):
+            parsed = tf.io.parse_example(batch, spec)
+            for field in fields:
+                ids = parsed[field.key].row_lengths().numpy()
+                values = parsed[field.values_key].row_lengths().numpy()
+                for k in np.flatnonzero(ids != values)[:1]:
+                    have = f"{values[k]} values" if values[k] else "no values"
+                    return (f"record {k + 1} has {ids[k]} ids in {field.key!r} but {have} "
+                            f"in {field.values_key!r}")
+    except tf.errors.OpError as err:
+        return f"records do not parse as the schema says ({err.message.splitlines()[0]})"
+    return ""
+
+
 def _compare_counts(files: Sequence[str], counts: List[int],
-                    expected: Optional[Sequence[int]]) -> None:
+                    expected: Optional[Sequence[Optional[int]]]) -> None:
     if not expected:
         return
     if len(expected) == len(files):
         for name, count, want in zip(files, counts, expected):
-            if count != want:
+            if want is not None and count != want:
                 raise ShardError(f"{name}: holds {count:,} records, {METADATA_FILE} lists "
                                  f"{want:,}; the shard was cut or replaced: convert the "
                                  f"data again")
@@ -374,4 +443,4 @@ def _check_shard(name: str, compression: str) -> Tuple[str, int]:
 
 
 __all__ = ["make_dataset", "record_batches", "match_patterns", "Parser", "ShardError", "verify_shards",
-           "verify_split", "expected_records", "MV_PAD_ID", "MV_PAD_VALUE"]
+           "verify_split", "verify_values", "expected_records", "MV_PAD_ID", "MV_PAD_VALUE"]

@@ -199,7 +199,9 @@ class ShardWriter:
                  records_per_shard: int = 500_000):
         self.directory, self.split = directory, split
         self.compression = compression
-        self.records_per_shard = max(1, int(records_per_shard))
+        if records_per_shard < 1:  # (convert refuses it first, naming the argument)
+            raise ValueError(f"records_per_shard must be at least 1, got {records_per_shard}")
+        self.records_per_shard = int(records_per_shard)
         self._partials: List[str] = []
         self._writer = None
         self._in_shard = 0

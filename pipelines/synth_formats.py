@@ -3,8 +3,9 @@
 One writer per dataset turns chunks of synthetic exposures (`synth.exposures`)
 into text, vectorised with `fastcsv`. Every file is written under a temporary
 name and renamed only when the whole dataset is written, so an interrupted run
-leaves no complete-looking file behind. Files go through `tf.io.gfile`, so the
-output may be local or remote (`gs://`, `ram://`).
+leaves no complete-looking file behind. Remote outputs (`gs://`, `ram://`) go
+through `tf.io.gfile`; local ones through `os` (`fileio.filesystem`), so that
+`synth` loads no TensorFlow (and prints none of its log) for them.
 """
 import os
 from typing import Dict, List
@@ -39,6 +40,7 @@ class Writer:
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
+        self.files_api = fileio.filesystem(output_dir)
         self._handles: Dict[str, object] = {}
         self._paths: Dict[str, str] = {}   # final path -> temporary path
         self._names: Dict[str, str] = {}   # relative name -> final path
@@ -49,27 +51,29 @@ class Writer:
     def __exit__(self, kind, value, traceback):
         for handle in self._handles.values():
             handle.close()
+        files = self.files_api
         for path, tmp in self._paths.items():
             if kind is None:
-                fileio.gfile.rename(tmp, path, overwrite=True)
-            elif fileio.gfile.exists(tmp):
-                fileio.gfile.remove(tmp)
+                files.rename(tmp, path, overwrite=True)
+            elif files.exists(tmp):
+                files.remove(tmp)
         return False
 
     def append(self, relative: str, text: bytes, header: bytes = b"") -> None:
+        files = self.files_api
         if relative not in self._handles:
             path = os.path.join(self.output_dir, relative)
             try:
-                fileio.gfile.makedirs(os.path.dirname(path))
-            except Exception as err:  # tf.errors.OpError: a file in the way, permissions
+                files.makedirs(os.path.dirname(path))
+            except Exception as err:  # OSError, tf.errors.OpError: a file in the way, ...
                 raise InputError(f"{os.path.dirname(path)}: cannot create the folder "
-                                 f"({getattr(err, 'message', err)})") from None
-            if fileio.gfile.exists(path):
-                fileio.gfile.remove(path)  # a rerun never leaves an old file beside the new
+                                 f"({getattr(err, 'message', None) or err})") from None
+            if files.exists(path):
+                files.remove(path)  # a rerun never leaves an old file beside the new
             tmp = fileio.temporary_name(path)
             self._paths[path] = tmp
             self._names[relative] = path
-            self._handles[relative] = fileio.gfile.GFile(tmp, "wb")
+            self._handles[relative] = files.GFile(tmp, "wb")
             self._handles[relative].write(header)
         self._handles[relative].write(text)
 

@@ -19,7 +19,9 @@ import tempfile
 # The models run on tf-keras (TFRS is a Keras 2 library); the flavour is fixed when
 # TensorFlow first loads Keras, so it is chosen here, before anything imports it.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-USER_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+# Only a user who asks for more of TensorFlow's log skips the quiet load: level 3 alone
+# cannot hide what TensorFlow prints before its log starts.
+USER_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Commands that never load TensorFlow.
 WITHOUT_TENSORFLOW = ("synth",)

@@ -22,6 +22,7 @@ pwiser_tf.errors.InputError: unknown configuration key 'train.epoch'; did you me
 import copy
 import difflib
 import json
+import math
 import typing
 from importlib import resources
 from typing import Any, Dict, Iterable, List, Literal, Optional
@@ -36,7 +37,7 @@ from pwiser_tf.errors import InputError
 class _Section(BaseModel):
     """A configuration section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class TrainSettings(_Section):
@@ -141,6 +142,15 @@ class Config(_Section):
     baseline: Optional[str] = Field(None, description="the arm the others are compared "
                                                       "with (default bce)")
 
+    @pydantic.field_validator("models", "losses", "seeds")
+    @classmethod
+    def _each_once(cls, values):
+        # A repeated entry would train and report the same runs twice.
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                raise ValueError(f"{value!r} appears twice; list each once")
+        return values
+
 
 def packaged(name: str) -> dict:
     """A configuration shipped in `pwiser_tf/configs/` (`default`, `paper`, ...)."""
@@ -161,9 +171,15 @@ def load(path: str) -> dict:
         with tf.io.gfile.GFile(path, "r") as f:
             text = f.read()
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}, line {err.lineno}, column {err.colno}: not valid JSON: "
+                         f"{err.msg}") from None
     except (ValueError, yaml.YAMLError) as err:
-        raise InputError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
-                         f"{str(err).splitlines()[0]}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(f"{path}{where}: not valid "
+                         f"{'JSON' if path.endswith('.json') else 'YAML'}: {problem}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: a configuration must be a mapping, got {type(data).__name__}")
     return data
@@ -254,9 +270,42 @@ def _message(error: dict) -> str:
     return text
 
 
+# Sections whose numbers reach the models and the optimizer; a text such as "nan"
+# there becomes a number, so it is refused as one.
+NUMERIC_SECTIONS = ("train", "pwiser", "model", "model_options", "variants", "sweep")
+
+
+def _non_finite(node, key: str = "", text: bool = False):
+    """The first dotted key whose value is a NaN or infinite number, and that value;
+    with `text`, strings that read as one ("nan", "inf") count too."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            found = _non_finite(value, f"{key}{name}.", text or name in NUMERIC_SECTIONS
+                                and not key)
+            if found:
+                return found
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            found = _non_finite(value, f"{key[:-1]}[{i}].", text)
+            if found:
+                return found
+    elif isinstance(node, float) or (text and isinstance(node, str)):
+        try:
+            if not math.isfinite(float(node)):
+                return key[:-1], node
+        except ValueError:
+            pass
+    return None
+
+
 def validate(config: dict) -> dict:
     """Checks `config` against `Config`; returns it with its values coerced to their
-    types (`"1e-3"` to a float). Raises one `InputError` naming the first bad key."""
+    types (`"1e-3"` to a float). Raises one `InputError` naming the first bad key;
+    a NaN or infinite number is refused wherever it is."""
+    found = _non_finite(config)
+    if found:
+        raise InputError(f"configuration key '{found[0]}': must be a finite number "
+                         f"(got {found[1]!r})")
     try:
         checked = Config.model_validate(config)
     except pydantic.ValidationError as err:

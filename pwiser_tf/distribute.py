@@ -97,7 +97,8 @@ def resolve_strategy(name="auto", virtual_devices: Optional[int] = None,
         return tf.distribute.get_strategy()
     if name not in STRATEGIES:
         raise InputError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
-    kind = configure_virtual_devices(virtual_devices) if virtual_devices else None
+    # `is not None`: 0 is refused like any count below 1, not taken as "unset".
+    kind = configure_virtual_devices(virtual_devices) if virtual_devices is not None else None
     if name == "auto":
         if tpu_available():
             name = "tpu"

@@ -31,6 +31,20 @@ def saved_model_path(model_dir: str) -> str:
                      f"(expected {os.path.join(model_dir, SAVED_MODEL_DIR, 'saved_model.pb')})")
 
 
+def load_saved_model(model_dir: str):
+    """`tf.saved_model.load`, with one `InputError` naming the directory when the
+    SavedModel cannot be read (a truncated `saved_model.pb` or variables file)."""
+    path = saved_model_path(model_dir)
+    try:
+        return tf.saved_model.load(path)
+    except Exception as err:  # noqa: BLE001 - protobuf, OS, TensorFlow and Keras errors
+        reason = getattr(err, "message", None) or str(err) or type(err).__name__
+        raise InputError(f"--model-dir {model_dir}: cannot load the SavedModel in {path}; "
+                         f"it is truncated or corrupted ({type(err).__name__}: "
+                         f"{reason.strip().splitlines()[0][:300]}); export or copy it "
+                         f"again") from None
+
+
 def check_compatible(trained: Schema, data: Schema, data_dir: str) -> None:
     """Raises if `data` lacks features the model was trained on."""
     problems = []
@@ -60,7 +74,7 @@ def predict_split(model_dir: str, data_dir: str, split: str = "test",
     if tf.io.gfile.exists(trained):
         check_compatible(Metadata.load(os.path.dirname(trained)).schema, metadata.schema,
                          data_dir)
-    signatures = tf.saved_model.load(saved_model_path(model_dir)).signatures
+    signatures = load_saved_model(model_dir).signatures
     # a model of `--remap-ids` data serves raw ids by default; the converted
     # records hold the renumbered ones
     serve = signatures[REMAPPED_SIGNATURE if REMAPPED_SIGNATURE in signatures

@@ -4,9 +4,25 @@ Each cell is one `training.train_run` in its own directory
 `OUTPUT/runs/<dataset>/<model>/<loss>/seed<k>/`, keyed by its fingerprint (the
 cell's resolved settings and its data's `metadata.json`): a finished cell with
 the same fingerprint is read back, not recomputed, so an interrupted grid
-resumes where it stopped; a cell whose settings or data changed is recomputed.
+resumes where it stopped; a cell whose settings or data changed is refused
+(below) unless `overwrite`.
 `config.yaml`, `results.csv` and `report.md` are written together at the end,
-so they always describe the same grid. Datasets are named in the configuration:
+so they always describe the same grid.
+
+Other settings into the same output are refused before anything runs, as `train`
+refuses them: one error names the settings that differ from the cells already
+there (finished or interrupted), or from a generated dataset; with
+`overwrite=True` (`--overwrite`) each such cell is recomputed and replaces the
+old one once it has finished.
+
+A cell whose loss or predictions become NaN or infinite (`guards.Diverged`) is
+recorded as failed: its row in `results.csv` has `status` `failed` and the
+`error`, and no metrics; `report.md` lists it and leaves it out of every
+statistic. The rest of the grid still runs and every output is written; then
+`RunsFailed` is raised (`pwiser-tf experiment` prints the tables and exits with
+status 2). Rerunning retries the failed cells.
+
+Datasets are named in the configuration:
 
     datasets:
       aliexpress-nl: {data: data/aliexpress_nl}            # converted directory
@@ -14,7 +30,8 @@ so they always describe the same grid. Datasets are named in the configuration:
       synthetic:     {synth: {dataset: aliexpress, rows: 200000, seed: 0}}
 
 A `synth` dataset is generated and converted under `OUTPUT/data/<name>/` once
-for its settings (`spec.json` records them; other settings generate it again).
+for its settings (`spec.json` records them; other settings generate it again,
+with `overwrite`).
 
 Named variants make an ablation grid: each variant is a partial configuration
 merged over the rest, and each (loss, variant) is an arm, named `loss/variant`.
@@ -30,6 +47,7 @@ merged over the rest, and each (loss, variant) is an arm, named `loss/variant`.
 Every arm of one seed starts from the same initial weights and data order (the
 seed sets both), so `report.md` and `results.csv` compare the arms pairwise.
 """
+import contextlib
 import csv
 import io
 import itertools
@@ -40,17 +58,57 @@ from typing import Dict, Iterable, List, Optional
 import tensorflow as tf
 
 from pwiser_tf import config as config_lib
-from pwiser_tf import fileio, training
+from pwiser_tf import fileio, guards, training
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.schema import METADATA_FILE
 
 RESULTS_FILE = "results.csv"
 KEY_COLUMNS = ("dataset", "model", "loss", "seed", "variant")
+STATUS_COLUMNS = ("status", "error")  # "ok" or "failed", and why it failed
+# How many distinct differences a refusal names before it says "and N more".
+SHOWN_DIFFERENCES = 3
 
 
-def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = True) -> dict:
+class RunsFailed(InputError):
+    """Some runs failed (diverged); the others finished and every output was written.
+    `result`: what the command would have returned (rows, or a sweep's markdown)."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.result = result
+
+
+def failed(rows: List[dict]) -> List[dict]:
+    return [row for row in rows if row.get("status") == "failed"]
+
+
+def raise_if_failed(rows: List[dict], results_path: str, result) -> None:
+    """Raises `RunsFailed` naming the failed rows, if any."""
+    bad = failed(rows)
+    if bad:
+        first = bad[0]
+        raise RunsFailed(f"{len(bad)} of {len(rows)} runs failed ({cell_name(first)}: "
+                         f"{first['error']}); {results_path} marks them failed (status "
+                         f"column) and the report leaves them out", result)
+
+
+def cell_name(cell: dict) -> str:
+    """`dataset/model/loss[/variant]/seed<k>`: where a cell's run directory is."""
+    parts = [cell["dataset"], cell["model"], cell["loss"]]
+    if cell.get("variant"):
+        parts.append(cell["variant"])
+    return "/".join(parts + [f"seed{cell['seed']}"])
+
+
+def cell_dir(output_dir: str, cell: dict) -> str:
+    return fileio.join(output_dir, "runs", *cell_name(cell).split("/"))
+
+
+def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = True,
+                    overwrite: bool = False) -> dict:
     """Resolves a dataset entry to `{data, eval_data}` directories, generating and
-    converting synthetic data when the entry asks for it."""
+    converting synthetic data when the entry asks for it. Data generated with other
+    settings is generated again with `overwrite`, else refused."""
     if not isinstance(spec, dict):
         raise InputError(f"dataset {name!r}: expected a mapping with 'data' or 'synth'")
     if spec.get("data") is not None:
@@ -70,6 +128,11 @@ def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = Tru
     recorded = fileio.join(root, "spec.json")
     wanted = {"synth": synth, "validation_fraction": spec.get("validation_fraction", 0.1)}
     if tf.io.gfile.exists(recorded) and fileio.read_json(recorded) != wanted:
+        if tf.io.gfile.exists(fileio.join(converted, METADATA_FILE)) and not overwrite:
+            diff = training.differences(fileio.read_json(recorded), wanted)
+            raise InputError(f"{output_dir}: dataset {name!r} was generated with other "
+                             f"settings ({diff}); pass --overwrite to generate it again "
+                             f"(and recompute its runs), or choose another --output")
         tf.io.gfile.rmtree(root)  # generated with other settings: generate again
     if not tf.io.gfile.exists(fileio.join(converted, METADATA_FILE)):
         if tf.io.gfile.exists(root):
@@ -120,13 +183,65 @@ def baseline(config: dict) -> str:
     return str(config.get("baseline") or "bce")
 
 
+def _recorded(directory: str) -> Optional[dict]:
+    path = fileio.join(directory, training.RUN_FILE)
+    return fileio.read_json(path) if tf.io.gfile.exists(path) else None
+
+
+def _conflict(run_dir: str, settings: dict) -> Optional[str]:
+    """What differs between `settings` and the run (finished, or staged) in `run_dir`;
+    None when nothing there would be replaced (as `RunDirectory.check` decides)."""
+    key = training.fingerprint(settings)
+    if training.read_metrics(run_dir) is not None:
+        recorded = _recorded(run_dir)
+        if recorded is None:
+            return "a run written by an earlier version of pwiser-tf"
+        if recorded["fingerprint"] == key:
+            return None
+        return training.differences(recorded["settings"], settings)
+    staged = _recorded(fileio.join(run_dir, training.STAGING_DIR))
+    if staged is not None and staged["fingerprint"] != key:
+        return training.differences(staged["settings"], settings)
+    return None
+
+
+def check_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
+                output_dir: str, eval_split: Optional[str] = None,
+                overwrite: bool = False) -> None:
+    """Resolves every cell (its arguments and data are checked before any runs) and,
+    unless `overwrite`, raises one `InputError` if cells in `output_dir` hold runs
+    with other settings, naming what differs."""
+    conflicts = {}
+    for cell in cells:
+        source = datasets[cell["dataset"]]
+        spec = training.resolve_run(
+            source["data"], cell["model"], cell["loss"], cell["seed"],
+            config_lib.merge(config, cell.get("overrides") or {}),
+            eval_data_dir=source.get("eval_data"), eval_split=eval_split)
+        diff = None if overwrite else _conflict(cell_dir(output_dir, cell), spec.settings)
+        if diff:
+            conflicts.setdefault(diff, []).append(cell_name(cell))
+    if conflicts:
+        count = sum(map(len, conflicts.values()))
+        shown = "; ".join(list(conflicts)[:SHOWN_DIFFERENCES])
+        more = len(conflicts) - SHOWN_DIFFERENCES
+        shown += f"; and {more} more difference(s)" if more > 0 else ""
+        raise InputError(f"{output_dir}: holds {count} run(s) with other settings (e.g. "
+                         f"{next(iter(conflicts.values()))[0]}; {shown}); pass --overwrite "
+                         f"to replace them (each once its new run has finished), or choose "
+                         f"another --output")
+
+
 def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
               output_dir: str, progress: bool = True, eval_split: Optional[str] = None,
-              strategy=None) -> List[dict]:
+              strategy=None, overwrite: bool = False) -> List[dict]:
     """Runs (or reads back) every cell; returns one result row per cell.
 
     A cell may carry `overrides` (a partial configuration merged over `config`)
     and a `variant` label that names them. `strategy`: `training.train_run`'s.
+    A cell with other settings is refused unless `overwrite` (`check_cells` finds
+    them all first). A cell that diverges gives a row with `status` `failed`, its
+    `error` and no metrics; the others have `status` `ok`.
     """
     from tqdm.auto import tqdm
 
@@ -134,20 +249,19 @@ def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
     rows = []
     bar = tqdm(cells, desc="grid", unit="run", disable=not progress)
     for cell in bar:
-        parts = [cell["dataset"], cell["model"], cell["loss"]]
-        if cell.get("variant"):
-            parts.append(cell["variant"])
-        run_dir = fileio.join(output_dir, "runs", *parts, f"seed{cell['seed']}")
-        bar.set_postfix_str("/".join(parts[1:]) + f"/seed{cell['seed']}")
+        bar.set_postfix_str(cell_name(cell).split("/", 1)[1])
         source = datasets[cell["dataset"]]
-        # A cell with the same fingerprint is read back; one with other settings
-        # (or other data) is recomputed.
-        result = training.train_run(
-            source["data"], run_dir, cell["model"], cell["loss"], cell["seed"],
-            config_lib.merge(config, cell.get("overrides") or {}),
-            eval_data_dir=source.get("eval_data"), eval_split=eval_split,
-            progress=progress, overwrite=True, strategy=strategy)
-        rows.append({**{k: cell.get(k, "") for k in KEY_COLUMNS}, **result})
+        keys = {k: cell.get(k, "") for k in KEY_COLUMNS}
+        try:
+            result = training.train_run(
+                source["data"], cell_dir(output_dir, cell), cell["model"], cell["loss"],
+                cell["seed"], config_lib.merge(config, cell.get("overrides") or {}),
+                eval_data_dir=source.get("eval_data"), eval_split=eval_split,
+                progress=progress, overwrite=overwrite, strategy=strategy)
+        except guards.Diverged as err:  # the rest of the grid still runs
+            rows.append({**keys, "status": "failed", "error": str(err)})
+            continue
+        rows.append({**keys, "status": "ok", **result})
     return rows
 
 
@@ -156,7 +270,9 @@ def write_results(rows: List[dict], path: str) -> None:
     adds the paired statistics (`report.paired_columns`) to each treatment run."""
     rows = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))}
             for row in rows]  # histograms stay in each run's metrics.json
-    columns = list(KEY_COLUMNS) + sorted({k for row in rows for k in row} - set(KEY_COLUMNS))
+    present = {k for row in rows for k in row}
+    first = list(KEY_COLUMNS) + [k for k in STATUS_COLUMNS if k in present]
+    columns = first + sorted(present - set(first))
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -169,12 +285,28 @@ def _cell(value):
     return f"{value:.6g}" if isinstance(value, float) and not math.isnan(value) else value
 
 
+@contextlib.contextmanager
+def refused_setup(write_dir: str, new: bool):
+    """A grid's setup (datasets, checks): if it refuses and `write_dir` is new, the
+    folder is removed with the data the setup generated in it, so a refused command
+    leaves no new folder behind."""
+    try:
+        yield
+    except InputError:
+        if new and tf.io.gfile.exists(write_dir):
+            fileio.remove_tree(write_dir)
+        raise
+
+
 def run_experiment(config: dict, output_dir: str, progress: bool = True, strategy=None,
-                   virtual_devices: Optional[int] = None) -> List[dict]:
+                   virtual_devices: Optional[int] = None,
+                   overwrite: bool = False) -> List[dict]:
     """Prepares the datasets, runs the grid and writes results.csv, report.md, plots.
 
     `strategy`, `virtual_devices`: where every run trains (`training.train_run`).
-    With several workers only the chief writes under `output_dir`.
+    With several workers only the chief writes under `output_dir`. Cells (or
+    generated data) with other settings are refused unless `overwrite`. Raises
+    `RunsFailed` (with the rows) after writing everything if some cells failed.
     """
     from pwiser_tf import distribute, report
 
@@ -183,15 +315,20 @@ def run_experiment(config: dict, output_dir: str, progress: bool = True, strateg
         raise InputError("the configuration lists no datasets")
     strategy = distribute.resolve_strategy(strategy, virtual_devices)  # before any op
     cells = grid(config)
-    with distribute.worker_directory(output_dir, strategy) as write_dir:
+    with distribute.worker_directory(output_dir, strategy) as write_dir, \
+            fileio.removed_if_refused(write_dir) as new:
         fileio.make_dirs(write_dir)
         with fileio.exclusive_lock(write_dir, "experiment directory"):
-            datasets = {name: prepare_dataset(name, spec, write_dir, progress)
-                        for name, spec in config["datasets"].items()}
-            rows = run_cells(cells, datasets, config, output_dir, progress, strategy=strategy)
-            write_results(report.paired_columns(rows, baseline=baseline(config)),
-                          fileio.join(write_dir, RESULTS_FILE))
+            with refused_setup(write_dir, new):
+                datasets = {name: prepare_dataset(name, spec, write_dir, progress, overwrite)
+                            for name, spec in config["datasets"].items()}
+                check_cells(cells, datasets, config, output_dir, overwrite=overwrite)
+            rows = run_cells(cells, datasets, config, output_dir, progress, strategy=strategy,
+                             overwrite=overwrite)
+            results = fileio.join(write_dir, RESULTS_FILE)
+            write_results(report.paired_columns(rows, baseline=baseline(config)), results)
             report.write_report(rows, write_dir, title=config.get("title", "BCE vs PWiseR"),
                                 baseline=baseline(config))
             config_lib.save(config, fileio.join(write_dir, "config.yaml"))
+    raise_if_failed(rows, results, rows)
     return rows

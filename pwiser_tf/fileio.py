@@ -5,8 +5,13 @@ through `tf.io.gfile`, so a path may be local or remote. This module holds the f
 operations the project composes from it:
 
 - `atomic_write`: write a whole file under a temporary name, then rename it, so a
-  reader never sees a truncated file. Local files are fsynced before the rename.
+  reader never sees a truncated file. Local files are fsynced before the rename; a
+  symbolic link is written through to its target.
 - `write_json` / `read_json`: the same, for JSON.
+- `check_writable_file`: refuse, before any work, a path that cannot take a file
+  (a directory, a FIFO or device, a missing folder or a file in its place).
+- `removed_if_refused`: a folder that a refused command created holds nothing of
+  value; it is removed.
 - `remove_tree` / `move_tree`: directory trees, also where the filesystem has no
   real directories (object stores, `ram://`).
 - `exclusive_lock`: one writer per directory (`fcntl` on a lock file; local paths only,
@@ -28,18 +33,52 @@ import os
 import uuid
 from typing import Union
 
-import tensorflow as tf
-
 from pwiser_tf.errors import InputError
 
-gfile = tf.io.gfile
 LOCK_FILE = ".lock"
+
+
+def _tf():
+    import tensorflow as tf  # on first use: a local-only command (`synth`) loads none
+
+    return tf
+
+
+class _TensorFlowFiles:
+    """`tf.io.gfile`, imported when first used."""
+
+    def __getattr__(self, name):
+        return getattr(_tf().io.gfile, name)
+
+
+class LocalFiles:
+    """The `tf.io.gfile` calls that writers make, on local paths, through `os`."""
+
+    exists = staticmethod(os.path.exists)
+    remove = staticmethod(os.remove)
+    GFile = staticmethod(open)
+
+    @staticmethod
+    def makedirs(path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    @staticmethod
+    def rename(source: str, target: str, overwrite: bool = False) -> None:
+        os.replace(source, target)
+
+
+gfile = _TensorFlowFiles()
 
 
 def is_local(path: str) -> bool:
     """Whether `path` is on the local filesystem (no `scheme://` prefix, or `file://`)."""
     path = os.fspath(path)
     return "://" not in path or path.startswith("file://")
+
+
+def filesystem(path: str):
+    """`LocalFiles` for a local path (no TensorFlow needed), else `tf.io.gfile`."""
+    return LocalFiles if "://" not in os.fspath(path) else gfile
 
 
 def join(*parts: str) -> str:
@@ -53,8 +92,11 @@ def temporary_name(path: str) -> str:
 
 
 def atomic_write(path: str, data: Union[str, bytes]) -> None:
-    """Writes `data` to `path` atomically: to a temporary sibling, fsync, rename."""
+    """Writes `data` to `path` atomically: to a temporary sibling, fsync, rename.
+    A local symbolic link is written through, to its target (the link stays)."""
     path = os.fspath(path)
+    if is_local(path) and os.path.islink(path):
+        path = os.path.realpath(path)
     tmp = temporary_name(path)
     mode = "wb" if isinstance(data, bytes) else "w"
     try:
@@ -69,8 +111,9 @@ def atomic_write(path: str, data: Union[str, bytes]) -> None:
                 f.write(data)
             gfile.rename(tmp, path, overwrite=True)
     finally:
-        if gfile.exists(tmp):
-            gfile.remove(tmp)
+        files = filesystem(tmp)
+        if files.exists(tmp):
+            files.remove(tmp)
 
 
 def remove_tree(path: str) -> None:
@@ -84,7 +127,7 @@ def remove_tree(path: str) -> None:
         for name in files + [""]:  # the files, then the folder itself
             try:
                 gfile.remove(join(folder, name) if name else folder)
-            except tf.errors.NotFoundError:
+            except _tf().errors.NotFoundError:
                 pass  # listed by prefix only (another entry's name starts with it)
 
 
@@ -102,7 +145,7 @@ def move_tree(source: str, target: str) -> None:
         for name in files:
             try:
                 gfile.copy(join(folder, name), join(into, name), overwrite=True)
-            except tf.errors.NotFoundError:
+            except _tf().errors.NotFoundError:
                 pass  # listed by prefix only (another entry's name starts with it)
     remove_tree(source)
 
@@ -129,7 +172,7 @@ def make_dirs(path: str, argument: str = "--output") -> None:
             with open(probe, "w", encoding="utf-8"):
                 pass
             os.remove(probe)
-    except (OSError, tf.errors.OpError) as err:
+    except (OSError, _tf().errors.OpError) as err:
         reason = getattr(err, "strerror", None) or getattr(err, "message", None) or str(err)
         raise InputError(f"{argument} {path}: cannot create it or write there "
                          f"({reason.splitlines()[0]})") from None
@@ -137,14 +180,44 @@ def make_dirs(path: str, argument: str = "--output") -> None:
 
 def check_writable_file(path: str, argument: str) -> None:
     """Raises one `InputError` naming `argument` unless a file can be written at
-    `path`: it must not be a directory, and its folder must exist and be writable."""
+    `path`: it must not be a directory or another file that is not a regular one
+    (a FIFO, a device: the atomic write would replace it), and its folder must
+    exist and be writable. A symbolic link is checked (and written) at its target."""
     path = os.fspath(path)
     if gfile.isdir(path):
         raise InputError(f"{argument} {path}: is a directory; give a file name")
-    parent = os.path.dirname(path) or "."
+    target = os.path.realpath(path) if is_local(path) and os.path.islink(path) else path
+    if is_local(target) and os.path.exists(target) and not os.path.isfile(target):
+        where = "" if target == path else f" (the target of the link, {target})"
+        raise InputError(f"{argument} {path}: is not a regular file{where} (a FIFO, a "
+                         f"device or a socket); give the name of a regular file")
+    parent = os.path.dirname(target) or "."
+    if gfile.exists(parent) and not gfile.isdir(parent):
+        raise InputError(f"{argument} {path}: {parent} is a file, not a directory")
     if not gfile.isdir(parent):
         raise InputError(f"{argument} {path}: the folder {parent} does not exist")
     make_dirs(parent, argument)
+
+
+def _holds_only_the_lock(path: str) -> bool:
+    """Whether the folder `path` holds no file but the lock (empty folders aside)."""
+    return all(name == LOCK_FILE for _, _, files in gfile.walk(path) for name in files)
+
+
+@contextlib.contextmanager
+def removed_if_refused(path: str):
+    """Yields whether the folder `path` is new (it does not exist yet). If the block
+    raises `InputError` and `path` is new and holds nothing but the lock file, it is
+    removed: a refused command leaves no empty folder behind. A folder that existed
+    before, or that holds anything else (a run to resume, results), stays."""
+    path = os.fspath(path)
+    new = not gfile.exists(path)
+    try:
+        yield new
+    except InputError:
+        if new and gfile.isdir(path) and _holds_only_the_lock(path):
+            remove_tree(path)
+        raise
 
 
 @contextlib.contextmanager

@@ -220,7 +220,16 @@ def _combine(earlier, later):
 
 def _prefix_scan(elements):
     """Inclusive scan of `_combine` over `[B]` tensors (Hillis-Steele): ceil(log2 B)
-    rounds of O(B) each, static shapes, in a `tf.while_loop` that XLA accepts."""
+    rounds of O(B) each. With a static B the rounds are unrolled and each shift is a
+    slice (the fastest in graph mode); otherwise a `tf.while_loop` shifts by gathers."""
+    size = elements[0].shape[0]
+    if size is not None:
+        offset = 1
+        while offset < size:
+            earlier = [tf.concat([tf.zeros([offset]), v[:-offset]], 0) for v in elements]
+            elements = _combine(earlier, elements)  # zeros: the identity
+            offset *= 2
+        return elements
     size = tf.shape(elements[0])[0]
     index = tf.range(size)
 

@@ -9,6 +9,8 @@ and the number of seeds where the treatment wins. A confidence interval that
 excludes 0 is shown in bold.
 
 An arm is a row's `loss`, followed by `/<variant>` when the row has a variant.
+A row whose `status` is `failed` (a run that diverged) has no metrics: the
+report lists it under "Failed runs" and no statistic counts it.
 """
 import io
 import math
@@ -117,14 +119,17 @@ def comparison(rows: List[dict], tasks=TASKS, baseline: str = BASELINE) -> List[
                 base = {s: r.get(key) for s, r in base_runs.items()}
                 treat = {s: r.get(key) for s, r in treat_runs.items()}
                 base_stat, treat_stat = summarize(base.values()), summarize(treat.values())
-                if base_stat[2] == 0 and treat_stat[2] == 0:
+                if base_stat[2] == 0 and treat_stat[2] == 0 and not any(
+                        map(_failed, list(base_runs.values()) + list(treat_runs.values()))):
                     continue
                 stats = paired(base, treat)
                 out.append({"dataset": dataset, "model": model, "task": label,
                             "metric": key, "baseline_arm": baseline,
                             "arm": treatment or TREATMENT, "baseline": base_stat,
                             "treatment": treat_stat, "paired": stats,
-                            "delta": stats["mean"]})
+                            "delta": stats["mean"],
+                            "failed": (sum(map(_failed, base_runs.values())),
+                                       sum(map(_failed, treat_runs.values())))})
     return out
 
 
@@ -140,7 +145,7 @@ def paired_columns(rows: List[dict], tasks=TASKS + INTENT_TASKS,
     out = []
     for row in rows:
         row = dict(row)
-        if arm(row) != baseline:
+        if arm(row) != baseline and not _failed(row):
             for key, _ in tasks:
                 record = index.get((row["dataset"], row["model"], arm(row), key))
                 if record is None or not record["paired"]["n"]:
@@ -155,9 +160,28 @@ def paired_columns(rows: List[dict], tasks=TASKS + INTENT_TASKS,
     return out
 
 
-def _fmt(stat: Tuple[float, float, int]) -> str:
+def _failed(row: dict) -> bool:
+    return row.get("status") == "failed"
+
+
+def failed_section(rows: List[dict]) -> List[str]:
+    """Markdown lines listing the failed runs (none when every run finished)."""
+    failed = [r for r in rows if _failed(r)]
+    if not failed:
+        return []
+    lines = ["## Failed runs", "",
+             f"{len(failed)} of {len(rows)} runs failed; they have no metrics and no "
+             "statistic below counts them (n is smaller, pairs are missing).", ""]
+    for r in failed:
+        lines.append(f"- {r['dataset']} / {r['model']} / {_name(arm(r))} / seed {r['seed']}: "
+                     f"failed: {r.get('error', '')}")
+    return lines + [""]
+
+
+def _fmt(stat: Tuple[float, float, int], failed: int = 0) -> str:
     mean, std, n = stat
-    return "n/a" if n == 0 else f"{mean:.4f} ± {std:.4f}"
+    text = "n/a" if n == 0 else f"{mean:.4f} ± {std:.4f}"
+    return text + (f" ({failed} failed)" if failed else "")
 
 
 def _ci(stats: dict) -> str:
@@ -186,8 +210,10 @@ def markdown_table(records: List[dict]) -> str:
         delta = "n/a" if not math.isfinite(stats["mean"]) else f"{stats['mean']:+.4f}"
         model = r["model"] if single else \
             f"{r['model']}: {_name(r['arm'])} vs {_name(r['baseline_arm'])}"
-        lines.append(f"| {r['dataset']} | {model} | {r['task']} | {_fmt(r['baseline'])} | "
-                     f"{_fmt(r['treatment'])} | {delta} | {_ci(stats)} | "
+        failed = r.get("failed", (0, 0))
+        lines.append(f"| {r['dataset']} | {model} | {r['task']} | "
+                     f"{_fmt(r['baseline'], failed[0])} | "
+                     f"{_fmt(r['treatment'], failed[1])} | {delta} | {_ci(stats)} | "
                      f"{stats['wins']}/{stats['n']} |")
     return "\n".join(lines)
 
@@ -196,12 +222,14 @@ def write_report(rows: List[dict], output_dir: str, title: str = "BCE vs PWiseR"
                  baseline: str = BASELINE) -> str:
     """Writes `report.md` and one PNG per dataset; returns the markdown text."""
     seeds = sorted({r["seed"] for r in rows})
+    failed = sum(map(_failed, rows))
     text = [f"# {title}", "",
-            f"{len(rows)} runs; seeds {seeds}. Each seed trains every arm from the same "
+            f"{len(rows)} runs{f' ({failed} failed, listed below)' if failed else ''}; "
+            f"seeds {seeds}. Each seed trains every arm from the same "
             "initial weights and data order. Per arm: mean ± std over seeds on the "
             f"evaluation split. Δ: mean over seeds of (arm − {_name(baseline)}) of the same "
             "seed; 95% CI: Student t over those differences (bold: it excludes 0); "
-            "wins: seeds where the arm is higher.", "",
+            "wins: seeds where the arm is higher.", "", *failed_section(rows),
             "## AUC", "", markdown_table(comparison(rows, baseline=baseline)), ""]
     if any("intent_auc" in r for r in rows):
         text += ["## Against the clean intent label (synthetic data)", "",

@@ -84,16 +84,21 @@ def select(rows: List[dict], metric: str) -> Tuple[str, float]:
         groups.setdefault(row["variant"], []).append(row.get(metric))
     scored = [(summarize(v)[0], k) for k, v in groups.items() if summarize(v)[2]]
     if not scored:
-        raise InputError(f"sweep.select: no run reported {metric!r}")
+        bad = experiment.failed(rows)
+        why = f" ({len(bad)} of {len(rows)} failed: {bad[0]['error']})" if bad else ""
+        raise InputError(f"sweep.select: no run reported {metric!r}{why}")
     best, name = max(scored)
     return name, best
 
 
 def run_sweep(config: dict, output_dir: str, progress: bool = True, strategy=None,
-              virtual_devices: Optional[int] = None) -> str:
+              virtual_devices: Optional[int] = None, overwrite: bool = False) -> str:
     """Runs the sweep; writes sweep.csv, sweep.md and the figure; returns the markdown.
 
-    `strategy`, `virtual_devices`: as in `experiment.run_experiment`.
+    `strategy`, `virtual_devices`, `overwrite`: as in `experiment.run_experiment`;
+    each stage's runs are checked before they run. Runs that diverged are marked
+    failed and left out of the selection; after writing everything, `RunsFailed`
+    (with the markdown) is raised.
     """
     from pwiser_tf import distribute
 
@@ -105,35 +110,45 @@ def run_sweep(config: dict, output_dir: str, progress: bool = True, strategy=Non
     model = (config.get("sweep") or {}).get("model", "mmoe")
     seeds = [int(s) for s in config.get("seeds", [0])]
     strategy = distribute.resolve_strategy(strategy, virtual_devices)  # before any op
-    with distribute.worker_directory(output_dir, strategy) as write_dir:
-        return _sweep(config, output_dir, write_dir, progress, strategy, metric, centre, axes,
-                      model, seeds)
+    with distribute.worker_directory(output_dir, strategy) as write_dir, \
+            fileio.removed_if_refused(write_dir) as new:
+        markdown, rows = _sweep(config, output_dir, write_dir, new, progress, strategy, metric,
+                                centre, axes, model, seeds, overwrite)
+    experiment.raise_if_failed(rows, fileio.join(output_dir, "sweep.csv"), markdown)
+    return markdown
 
 
-def _sweep(config, output_dir, write_dir, progress, strategy, metric, centre, axes, model,
-           seeds) -> str:
+def _sweep(config, output_dir, write_dir, new, progress, strategy, metric, centre, axes,
+           model, seeds, overwrite):
     from pwiser_tf import report
 
     fileio.make_dirs(write_dir)
     with fileio.exclusive_lock(write_dir, "sweep directory"):
         name, spec = next(iter(config["datasets"].items()))
-        datasets = {name: experiment.prepare_dataset(name, spec, write_dir, progress)}
+
+        def run_checked(cells):
+            experiment.check_cells(cells, datasets, config, output_dir, "validation",
+                                   overwrite)
+            return experiment.run_cells(cells, datasets, config, output_dir, progress,
+                                        eval_split="validation", strategy=strategy,
+                                        overwrite=overwrite)
 
         def run(points):
-            cells = [{"dataset": name, "model": model, "loss": "pwiser", "seed": seed,
-                      "variant": variant(p), "overrides": overrides(p)}
-                     for p in points for seed in seeds]
-            rows = experiment.run_cells(cells, datasets, config, output_dir, progress,
-                                        eval_split="validation", strategy=strategy)
+            rows = run_checked([{"dataset": name, "model": model, "loss": "pwiser",
+                                 "seed": seed, "variant": variant(p), "overrides": overrides(p)}
+                                for p in points for seed in seeds])
             by_name = {variant(p): p for p in points}
             for row in rows:
                 row.update(by_name[row["variant"]])
             return rows
 
-        baseline = experiment.run_cells(
-            [{"dataset": name, "model": model, "loss": "bce", "seed": s, "variant": ""}
-             for s in seeds], datasets, config, output_dir, progress,
-            eval_split="validation", strategy=strategy)
+        bce = [{"dataset": name, "model": model, "loss": "bce", "seed": s, "variant": ""}
+               for s in seeds]
+        with experiment.refused_setup(write_dir, new):
+            datasets = {name: experiment.prepare_dataset(name, spec, write_dir, progress,
+                                                         overwrite)}
+            experiment.check_cells(bce, datasets, config, output_dir, "validation", overwrite)
+        baseline = run_checked(bce)
         current, stages, rows = dict(centre), [], {}
         for axis, values in axes:
             points = [dict(current, **{axis: v}) for v in values]
@@ -153,7 +168,7 @@ def _sweep(config, output_dir, write_dir, progress, strategy, metric, centre, ax
                                 FIGURE if lam else None)
         fileio.atomic_write(fileio.join(write_dir, "sweep.md"), markdown)
         config_lib.save(config, fileio.join(write_dir, "config.yaml"))
-    return markdown
+    return markdown, all_rows
 
 
 def _by_seed(rows: List[dict], key: str) -> Dict[int, float]:
@@ -172,6 +187,11 @@ def sweep_report(baseline: List[dict], rows: List[dict], stages: List[dict], cho
     shown = [k for k in SHOWN if any(k in r for r in rows + baseline)]
     lines = [f"# PWiseR sweep (validation split, selected by {metric})", "",
              f"Chosen: {_point_text(chosen)}.", ""]
+    failed = experiment.failed(baseline + rows)
+    if failed:
+        lines += [f"**{len(failed)} runs failed** (status `failed` in sweep.csv, with the "
+                  f"error); no statistic or choice counts them: "
+                  + ", ".join(experiment.cell_name(r) for r in failed) + ".", ""]
     for stage in stages:
         values = stage["values"]
         lines.append(f"- {stage['axis']}: swept {', '.join(map(_value, values))}; "

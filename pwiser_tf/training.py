@@ -24,6 +24,11 @@ early-stopping state and best checkpoint), after training (export), or after
 the export (scoring). Rerunning with another fingerprint is refused unless
 `overwrite=True` (`pwiser-tf train --overwrite`); the two are never mixed.
 
+A run whose loss or predictions become NaN or infinite stops with
+`guards.Diverged` (exit status 2, naming the epoch) and is discarded: nothing
+is published, and an earlier finished result stays. A refused run leaves no
+new folder behind.
+
 Under a `tf.distribute` strategy (`strategy=`, see `pwiser_tf.distribute`) the
 model is built, compiled and its variables created inside the strategy's scope,
 the data reaches the replicas through `distribute_datasets_from_function`, and
@@ -45,7 +50,7 @@ from typing import Dict, Optional
 import tensorflow as tf
 
 from pwiser_tf import config as config_lib
-from pwiser_tf import distribute, evaluation, fileio, metrics
+from pwiser_tf import distribute, evaluation, fileio, guards, metrics
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.schema import METADATA_FILE, Metadata
 
@@ -131,6 +136,19 @@ class EpochProgress(tf.keras.callbacks.Callback):
         return self.examples / self.seconds if self.seconds else float("nan")
 
 
+def _check_restored(status, name: str) -> None:
+    """Every variable of the model must come back from the checkpoint: one that
+    the checkpoint lacks (another layout of the layers) would stay at its random
+    start without a word."""
+    status.expect_partial()  # the checkpoint may hold more (the optimizer's slots)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise InputError(f"checkpoint {name} does not hold every variable of the model "
+                         f"(written by another version?); rerun with --overwrite: "
+                         f"{str(error).splitlines()[0]}") from None
+
+
 class TrainingState(tf.keras.callbacks.Callback):
     """Early stopping that survives a kill: after every epoch, the weights and the
     optimizer (`backup/epoch-K`), the history of all epochs, the best value, its
@@ -186,12 +204,13 @@ class TrainingState(tf.keras.callbacks.Callback):
     def restore(self, model) -> None:
         if self.state["checkpoint"]:
             model.optimizer.build(model.trainable_variables)
-            self._checkpoint(model).read(self._find(self.state["checkpoint"])).expect_partial()
+            status = self._checkpoint(model).read(self._find(self.state["checkpoint"]))
+            _check_restored(status, self.state["checkpoint"])
 
     def restore_best(self, model) -> None:
         best = self.state.get("best_checkpoint")
         if best:
-            tf.train.Checkpoint(model=model).read(self._find(best)).expect_partial()
+            _check_restored(tf.train.Checkpoint(model=model).read(self._find(best)), best)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -432,6 +451,13 @@ class RunDirectory:
         if gfile.exists(self.staging):
             fileio.remove_tree(self.staging)
 
+    def discard_failed(self, diverged: bool) -> None:
+        """After a run failed with an `InputError`: a diverged run (it would diverge
+        again) and one that committed no epoch (nothing to resume) are discarded, so
+        that neither is taken for a run to resume nor refused as other settings."""
+        if diverged or not gfile.exists(fileio.join(self.staging, STATE_FILE)):
+            self.discard_staging()
+
     def start(self, spec: RunSpec) -> str:
         """The staging directory, created with the run's settings if new."""
         if self._run_file(self.staging) is None:
@@ -491,14 +517,19 @@ def train_run(data_dir: str, output_dir: str, model_name: str, loss: str, seed: 
     spec = resolve_run(data_dir, model_name, loss, seed, config, eval_data_dir, eval_split)
     if not distribute.is_chief(strategy):
         return _worker_run(output_dir, spec, strategy)
-    run = RunDirectory(output_dir)
-    with run.lock():
-        finished = run.check(spec.settings, overwrite)
-        if finished is not None:
-            return finished
-        staging = run.start(spec)
-        result = _run_in(staging, spec, progress, strategy)
-        run.publish()
+    with fileio.removed_if_refused(output_dir):
+        run = RunDirectory(output_dir)
+        with run.lock():
+            finished = run.check(spec.settings, overwrite)
+            if finished is not None:
+                return finished
+            staging = run.start(spec)
+            try:
+                result = _run_in(staging, spec, progress, strategy)
+            except InputError as err:
+                run.discard_failed(isinstance(err, guards.Diverged))
+                raise
+            run.publish()
     return result
 
 
@@ -589,6 +620,8 @@ def _run_in(staging: str, spec: RunSpec, progress: bool, strategy=None,
                 "epochs_trained": len(state.state["history"].get(MONITOR, []))}
     labels, predictions = _outside_strategy_scope(
         evaluation.predict_split, staging, spec.eval_dir, spec.eval_split)
+    guards.check_predictions(predictions, f"{spec.model}/{spec.loss}/seed{spec.seed} "
+                             f"(best epoch {state.state['best_epoch']})")
     result = metrics.ctr_cvr_metrics(labels, predictions)
     history = state.state["history"]
     monitored = history.get(MONITOR, [])
@@ -630,7 +663,8 @@ def fit(spec: RunSpec, state: TrainingState, progress_cb: EpochProgress, strateg
         board = tf.keras.callbacks.TensorBoard(fileio.join(state.directory, LOGS_DIR),
                                                write_graph=False, profile_batch=0)
         model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                  initial_epoch=state.initial_epoch, callbacks=[progress_cb, state, board],
+                  initial_epoch=state.initial_epoch,
+                  callbacks=[guards.StopOnNonFinite(), progress_cb, state, board],
                   steps_per_epoch=inputs.fit_steps("train"),
                   validation_steps=inputs.fit_steps("validation"), verbose=0)
     state.restore_best(model)

@@ -30,3 +30,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "tests", "data")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+
+def converted_synthetic(root, rows: int) -> str:
+    """Synthetic AliExpress data, `rows` exposures, converted with train, validation
+    and test splits under `root`; returns the converted folder."""
+    from pwiser_tf.pipelines import synthesize
+    from pwiser_tf.pipelines.convert import convert
+
+    written = synthesize("aliexpress", rows, str(root / "files"), seed=5)
+    convert(written["convert_format"], written["convert_inputs"], str(root / "data"),
+            validation_fraction=0.25, progress=False)
+    return str(root / "data")

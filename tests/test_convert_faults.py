@@ -17,6 +17,7 @@ from pwiser_tf.pipelines import make_dataset
 from pwiser_tf.pipelines.convert import convert
 from pwiser_tf.pipelines.dataset import ShardError, verify_split
 from pwiser_tf.pipelines.schema import METADATA_FILE, Metadata
+from tests.text_files import read_lines, with_cell, write_lines
 
 AE = os.path.join(SAMPLES, "aliexpress", "torch_rechub")
 AE_TRAIN = os.path.join(AE, "aliexpress_train_sample.csv")
@@ -27,26 +28,6 @@ CSV_FORMATS = {  # format: (a sample, the column of an id in it)
     "ali-ccp-csv": (os.path.join(CCP, "torch_rechub", "ali_ccp_val_sample.csv"), 2),
     "aitm-csv": (os.path.join(CCP, "paddlerec_aitm", "train", "train.csv"), 2),
 }
-
-
-def _lines(path):
-    with open(path, "rb") as f:
-        return f.read().splitlines()
-
-
-def _write(path, lines):
-    with open(path, "wb") as f:
-        f.write(b"\n".join(lines) + b"\n")
-    return str(path)
-
-
-def _with_cell(source, target, line, column, value: bytes):
-    """A copy of `source` whose `line` (1-based) has `value` in `column`."""
-    lines = _lines(source)
-    cells = lines[line - 1].split(b",")
-    cells[column] = value
-    lines[line - 1] = b",".join(cells)
-    return _write(target, lines)
 
 
 def _cli(*args):
@@ -121,14 +102,14 @@ def test_metadata_without_per_shard_counts_checks_the_total(tmp_path):
 # --- empty inputs and splits -----------------------------------------------------
 
 def test_empty_inputs_and_empty_splits_are_refused(tmp_path):
-    header = _lines(AE_TEST)[0]
+    header = read_lines(AE_TEST)[0]
     open(tmp_path / "empty_train.csv", "wb").close()
     cases = {"empty_train.csv: empty file": [str(tmp_path / "empty_train.csv")],
-             "header_train.csv: no data rows": [_write(tmp_path / "header_train.csv", [header])]}
+             "header_train.csv: no data rows": [write_lines(tmp_path / "header_train.csv", [header])]}
     for reason, inputs in cases.items():
         with pytest.raises(InputError, match=reason):
             convert("aliexpress-csv", inputs, str(tmp_path / "o1"), progress=False)
-    garbage = _write(tmp_path / "garbage_train.csv", [header, b"1,2,3", b"x"])
+    garbage = write_lines(tmp_path / "garbage_train.csv", [header, b"1,2,3", b"x"])
     with pytest.raises(InputError, match=r"garbage_train.csv: no rows left: --skip-malformed "
                                          r"skipped its 2 malformed"):
         convert("aliexpress-csv", [garbage], str(tmp_path / "o2"), skip_malformed=True,
@@ -137,8 +118,8 @@ def test_empty_inputs_and_empty_splits_are_refused(tmp_path):
                                          "validation_fraction 0.0001"):
         convert("aliexpress-csv", [AE_TEST, AE_TRAIN], str(tmp_path / "o3"),
                 validation_fraction=0.0001, progress=False)
-    orphans = _write(tmp_path / "orphan_test.csv",
-                     [header] + [line[:-3] + b"0,1" for line in _lines(AE_TEST)[1:]])
+    orphans = write_lines(tmp_path / "orphan_test.csv",
+                     [header] + [line[:-3] + b"0,1" for line in read_lines(AE_TEST)[1:]])
     with pytest.raises(InputError, match="split 'test' would be empty: all its 20 rows are "
                                          "conversions without a click"):
         convert("aliexpress-csv", [orphans], str(tmp_path / "o4"), progress=False)
@@ -149,11 +130,11 @@ def test_empty_inputs_and_empty_splits_are_refused(tmp_path):
 # --- outlying ids ------------------------------------------------------------------
 
 def test_ids_that_would_make_huge_tables_are_refused_with_file_and_line(tmp_path):
-    big = _with_cell(AE_TEST, tmp_path / "big_test.csv", 7, 3, b"3000000000")
+    big = with_cell(AE_TEST, tmp_path / "big_test.csv", 7, 3, b"3000000000")
     with pytest.raises(InputError, match=r"big_test.csv:7: field 'categorical_3' has id "
                                          r"3,000,000,000.*over the limit.*--remap-ids"):
         convert("aliexpress-csv", [big], str(tmp_path / "o1"), progress=False)
-    sparse = _with_cell(AE_TEST, tmp_path / "sparse_test.csv", 9, 2, b"5000000")
+    sparse = with_cell(AE_TEST, tmp_path / "sparse_test.csv", 9, 2, b"5000000")
     with pytest.raises(InputError, match=r"sparse_test.csv:9: field 'categorical_2' has id "
                                          r"5,000,000.*over 1000 times its \d+ distinct ids"):
         convert("aliexpress-csv", [AE_TRAIN, sparse], str(tmp_path / "o2"), progress=False)
@@ -169,7 +150,7 @@ def test_ids_that_would_make_huge_tables_are_refused_with_file_and_line(tmp_path
                                    b"1_000"])
 def test_unparseable_ids_in_every_csv_format(tmp_path, capsys, fmt, value):
     source, column = CSV_FORMATS[fmt]
-    bad = _with_cell(source, tmp_path / "bad.csv", 5, column, value)
+    bad = with_cell(source, tmp_path / "bad.csv", 5, column, value)
     assert _cli("--format", fmt, "--output", str(tmp_path / "o"), "--input", "test=" + bad) == 2
     assert "bad.csv:5: malformed line" in _error(capsys)
     assert _cli("--format", fmt, "--output", str(tmp_path / "o"), "--input", "test=" + bad,
@@ -180,9 +161,9 @@ def test_unparseable_ids_in_every_csv_format(tmp_path, capsys, fmt, value):
 def test_huge_numbers_in_esmm_text_and_raw_ali_ccp(tmp_path, capsys):
     from test_readers import _ccp_files
 
-    esmm = _lines(os.path.join(CCP, "paddlerec_esmm", "test", "small.txt"))
+    esmm = read_lines(os.path.join(CCP, "paddlerec_esmm", "test", "small.txt"))
     for head in (b"99999999999999999999999,0,0", b"1,99999999999999999999,0"):
-        bad = _write(tmp_path / "test.txt", esmm[:2] + [head + b"," +
+        bad = write_lines(tmp_path / "test.txt", esmm[:2] + [head + b"," +
                                                         esmm[2].split(b",", 3)[3]] + esmm[3:])
         assert _cli("--format", "esmm-text", "--output", str(tmp_path / "e"), "--input",
                     bad) == 2
@@ -196,7 +177,7 @@ def test_huge_numbers_in_esmm_text_and_raw_ali_ccp(tmp_path, capsys):
 
 
 def test_output_that_is_a_file_or_cannot_be_made(tmp_path, capsys):
-    afile = _write(tmp_path / "afile", [b"x"])
+    afile = write_lines(tmp_path / "afile", [b"x"])
     assert _cli("--format", "aliexpress-csv", "--output", afile, "--input", AE_TEST) == 2
     assert "is a file, not a directory" in _error(capsys)
     assert _cli("--format", "aliexpress-csv", "--output", os.path.join(afile, "sub"),
@@ -207,8 +188,8 @@ def test_output_that_is_a_file_or_cannot_be_made(tmp_path, capsys):
 # --- clear messages -----------------------------------------------------------------
 
 def test_bom_gzip_and_directories(tmp_path):
-    lines = _lines(AE_TEST)
-    bom = _write(tmp_path / "bom_test.csv", [b"\xef\xbb\xbf" + lines[0]] + lines[1:])
+    lines = read_lines(AE_TEST)
+    bom = write_lines(tmp_path / "bom_test.csv", [b"\xef\xbb\xbf" + lines[0]] + lines[1:])
     plain = convert("aliexpress-csv", [AE_TEST], str(tmp_path / "o1"), progress=False)
     with_bom = convert("aliexpress-csv", [bom], str(tmp_path / "o2"), progress=False)
     assert with_bom.splits["test"].counts == plain.splits["test"].counts

@@ -11,6 +11,7 @@ import pytest
 from pwiser_tf import config as config_lib
 from pwiser_tf import experiment, fileio, training
 from pwiser_tf.errors import InputError
+from conftest import converted_synthetic
 
 TINY = {"model": {"embedding_dim": 4, "tower_units": [8]},
         "model_options": {"mmoe": {"expert_units": [8], "num_experts": 2}},
@@ -25,14 +26,7 @@ ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Synthetic AliExpress data with train, validation and test splits."""
-    from pwiser_tf.pipelines import synthesize
-    from pwiser_tf.pipelines.convert import convert
-
-    root = tmp_path_factory.mktemp("runs")
-    written = synthesize("aliexpress", 12000, str(root / "files"), seed=5)
-    convert(written["convert_format"], written["convert_inputs"], str(root / "data"),
-            validation_fraction=0.25, progress=False)
-    return str(root / "data")
+    return converted_synthetic(tmp_path_factory.mktemp("runs"), 12000)
 
 
 def train_command(data, out, *extra):
@@ -191,7 +185,7 @@ def test_experiment_recomputes_cells_whose_settings_changed(tmp_path):
     cell = os.path.join(out, "runs", "s", "mmoe", "pwiser", "seed0")
 
     def run(config):
-        rows = experiment.run_experiment(config, out, progress=False)
+        rows = experiment.run_experiment(config, out, progress=False, overwrite=True)
         recorded = fileio.read_json(os.path.join(cell, "run.json"))
         assert config_lib.load(os.path.join(out, "config.yaml")) == config_lib.validate(config)
         return rows, recorded["fingerprint"], os.stat(os.path.join(cell, "metrics.json"))

@@ -3,8 +3,8 @@ import numpy as np
 
 from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, parse_ints
 from pwiser_tf.pipelines.readers.processed import FILE_SHIFT, ProcessedCsvReader
-from pwiser_tf.pipelines.readers.table import drop_bad_rows
-from pwiser_tf.pipelines.readers.tokens import MULTI, SINGLE, FeatureTokens
+from pwiser_tf.pipelines.readers.table import drop_bad_cells
+from pwiser_tf.pipelines.readers.tokens import MULTI, SINGLE, FeatureTokens, token_checks
 
 _USER = ("101", "121", "122", "124", "125", "126", "127", "128", "129")
 _BEHAVIOUR = ("109_14", "110_14", "127_14", "150_14")
@@ -72,9 +72,6 @@ class EsmmTextReader(Reader):
         chunk = Chunk(categorical, numerical, multi,
                       {"click": heads[:, 1], "conversion": heads[:, 2]},
                       (np.int64(index) << FILE_SHIFT) + heads[:, 0], lines, path)
-        bad = ((heads[:, 1:] < 0) | (heads[:, 1:] > 1)).any(axis=1) | \
-            (categorical < 0).any(axis=1)
-        if bad.any():
-            chunk = chunk.select(drop_bad_rows(bad, lines, path, "a label outside {0, 1} or "
-                                               "a negative id", self.malformed))
-        return chunk
+        keep = drop_bad_cells(token_checks(categorical, numerical, heads[:, 1:], multi),
+                              lines, path, self.malformed)
+        return chunk if keep.all() else chunk.select(keep)

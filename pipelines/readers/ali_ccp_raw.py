@@ -23,8 +23,8 @@ import numpy as np
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.readers.base import Chunk, Layout, Reader, parse_ints
 from pwiser_tf.pipelines.readers.join import SideFileJoin
-from pwiser_tf.pipelines.readers.table import drop_bad_rows
-from pwiser_tf.pipelines.readers.tokens import MULTI, SINGLE, VALUED, FeatureTokens
+from pwiser_tf.pipelines.readers.table import drop_bad_cells
+from pwiser_tf.pipelines.readers.tokens import MULTI, SINGLE, VALUED, FeatureTokens, token_checks
 
 
 class AliCcpRawReader(SideFileJoin, Reader):
@@ -99,13 +99,9 @@ class AliCcpRawReader(SideFileJoin, Reader):
         heads, lines = heads[keep], lines[keep]
         chunk = Chunk(categorical, numerical, multi,
                       {"click": heads[:, 1], "conversion": heads[:, 2]}, heads[:, 0], lines, path)
-        bad = ((heads[:, 1:3] < 0) | (heads[:, 1:3] > 1)).any(axis=1) | \
-            (categorical < 0).any(axis=1) | ~np.isfinite(numerical).all(axis=1)
-        if bad.any():
-            chunk = chunk.select(drop_bad_rows(bad, lines, path, "a label outside {0, 1}, a "
-                                               "negative id or a non-finite value",
-                                               self.malformed))
-        return chunk
+        keep = drop_bad_cells(token_checks(categorical, numerical, heads[:, 1:3], multi),
+                              lines, path, self.malformed)
+        return chunk if keep.all() else chunk.select(keep)
 
 
 def _count(features: bytes) -> int:

@@ -6,7 +6,8 @@ import numpy as np
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.readers.base import (BOM, Chunk, Layout, Reader, check_header,
                                               open_binary)
-from pwiser_tf.pipelines.readers.table import FLOAT, INT, CsvColumns, drop_bad_rows
+from pwiser_tf.pipelines.readers.table import (FLOAT, INT, CsvColumns, cell_checks,
+                                               drop_bad_cells)
 
 FILE_SHIFT = 40  # row id of a file without an id column: file index << 40 | line number
 
@@ -23,15 +24,14 @@ class ColumnsReader(Reader):
         num = np.stack([columns[c] for c in numerical], axis=1) if numerical \
             else np.zeros([n, 0], np.float32)
         lab = {name: columns[column] for name, column in labels.items()}
-        bad = (cat < 0).any(axis=1) | ~np.isfinite(num).all(axis=1)
-        for values in lab.values():
-            bad |= (values < 0) | (values > 1)
+        checks = cell_checks(
+            [f"column {c!r}" for c in categorical], cat,
+            [f"column {c!r}" for c in numerical], num,
+            [f"column {c!r}" for c in labels.values()],
+            np.stack(list(lab.values()), axis=1) if lab else np.zeros([n, 0], np.int64))
+        keep = drop_bad_cells(checks, lines, path, self.malformed)
         chunk = Chunk(cat, num, {}, lab, row_id, lines, path)
-        if bad.any():
-            chunk = chunk.select(drop_bad_rows(
-                bad, lines, path, "negative id, non-finite number or a label outside {0, 1}",
-                self.malformed))
-        return chunk
+        return chunk if keep.all() else chunk.select(keep)
 
 
 class ProcessedCsvReader(ColumnsReader):

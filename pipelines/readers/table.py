@@ -117,3 +117,34 @@ def drop_bad_rows(bad: np.ndarray, lines: np.ndarray, path: str, reason: str,
     for line in lines[bad]:
         malformed(path, int(line), reason)
     return ~bad
+
+
+# (names of k cells, their values [n, k], which are bad [n, k], what a bad one is)
+CellCheck = Tuple[Sequence[str], np.ndarray, np.ndarray, str]
+
+
+def cell_checks(categorical: Sequence[str], ids: np.ndarray, numerical: Sequence[str],
+                numbers: np.ndarray, labels: Sequence[str],
+                label_values: np.ndarray) -> List[CellCheck]:
+    """The checks every reader makes: ids >= 0, finite numbers, labels in {0, 1}."""
+    return [(categorical, ids, ids < 0, "a negative id"),
+            (numerical, numbers, ~np.isfinite(numbers), "non-finite"),
+            (labels, label_values, (label_values < 0) | (label_values > 1),
+             "a label outside {0, 1}")]
+
+
+def drop_bad_cells(checks: Sequence[CellCheck], lines: np.ndarray, path: str,
+                   malformed: Callable[[str, int, str], None]) -> np.ndarray:
+    """Reports each row with a bad cell, naming the first one's column and value;
+    returns the mask of rows to keep."""
+    bad = np.zeros(len(lines), bool)
+    for _, _, cells, _ in checks:
+        bad |= cells.any(axis=1)
+    for row in np.flatnonzero(bad):
+        for names, values, cells, what in checks:
+            found = np.flatnonzero(cells[row])
+            if len(found):
+                value = values[row, found[0]].item()
+                malformed(path, int(lines[row]), f"{names[found[0]]}: {value!r} is {what}")
+                break
+    return ~bad

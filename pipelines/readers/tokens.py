@@ -13,6 +13,7 @@ import pyarrow as pa
 from pyarrow import csv as pa_csv
 
 from pwiser_tf.pipelines.readers.base import Ragged
+from pwiser_tf.pipelines.readers.table import CellCheck, cell_checks
 
 SINGLE = ("101", "121", "122", "124", "125", "126", "127", "128", "129",
           "205", "206", "207", "216", "508", "509", "702", "853", "301")
@@ -113,3 +114,30 @@ class FeatureTokens:
             multi[name] = Ragged(ids[hit], np.bincount(row[hit], minlength=n).astype(np.int64),
                                  values[hit] if self.with_values else None)
         return categorical, numerical, multi
+
+
+def token_checks(categorical: np.ndarray, numerical: np.ndarray, labels: np.ndarray,
+                 multi: Dict[str, Ragged]) -> List[CellCheck]:
+    """`cell_checks` of rows of tokens (`labels`: their click and conversion columns),
+    and of the multi-valued fields: a negative id would pass for padding, a non-finite
+    value would spoil the embedding of the whole field."""
+    checks = cell_checks([f"field {name!r}" for name in SINGLE], categorical,
+                         [f"the value of field {name!r}" for name in VALUED[:numerical.shape[1]]],
+                         numerical, ["column 'click'", "column 'conversion'"], labels)
+    n = len(categorical)
+    for name, field in multi.items():
+        row = np.repeat(np.arange(n), field.lengths)
+        checks.append(_ragged_check(f"field {name!r}", field.values, field.values < 0, row, n,
+                                    "a negative id"))
+        if field.weights is not None:
+            checks.append(_ragged_check(f"the value of field {name!r}", field.weights,
+                                        ~np.isfinite(field.weights), row, n, "non-finite"))
+    return checks
+
+
+def _ragged_check(label: str, values: np.ndarray, bad: np.ndarray, row: np.ndarray,
+                  n: int, what: str) -> CellCheck:
+    """A ragged field's check as one cell per row: the row's first bad entry, if any."""
+    first = np.full(n, len(values))
+    np.minimum.at(first, row[bad], np.flatnonzero(bad))
+    return [label], np.append(values, 0)[first][:, None], (first < len(values))[:, None], what

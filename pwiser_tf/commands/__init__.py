@@ -14,6 +14,10 @@ def add_grid_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, help="maximum epochs of each run")
     parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
     parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute the runs in DIR that have other settings (each "
+                             "replaces the old one once it has finished); without it they "
+                             "are refused")
     add_config_arguments(parser)
     add_device_arguments(parser)
 

@@ -43,7 +43,8 @@ def add_arguments(parser):
                              "and save the map as DIR/id_maps.npz; for ali-ccp-raw, whose ids "
                              "share one global space")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a finished conversion of other inputs in DIR")
+                        help="replace a finished conversion of other inputs in DIR (it "
+                             "stays until the new one has finished)")
     parser.add_argument("--runner", default="local",
                         help="local (default: this process), direct (Beam's DirectRunner) or "
                              "any Beam runner's name, e.g. DataflowRunner, FlinkRunner, "
@@ -56,6 +57,9 @@ def add_arguments(parser):
 
 def run(args):
     from pwiser_tf.errors import InputError
+
+    if args.records_per_shard < 1:  # not one file per record
+        raise InputError(f"--records-per-shard must be at least 1, got {args.records_per_shard}")
     from pwiser_tf.pipelines.convert import convert
 
     options = {}

@@ -16,7 +16,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from pwiser_tf import evaluation, fileio, metrics
+    from pwiser_tf import evaluation, fileio, guards, metrics
 
     if args.batch_size <= 0:
         raise InputError(f"--batch-size {args.batch_size}: must be positive")
@@ -24,6 +24,7 @@ def run(args):
         fileio.check_writable_file(args.predictions, "--predictions")
     labels, predictions = evaluation.predict_split(args.model_dir, args.data, args.split,
                                                    args.batch_size)
+    guards.check_predictions(predictions, f"--model-dir {args.model_dir}")  # no AUC of NaNs
     if args.predictions:
         evaluation.write_predictions(predictions, args.predictions)
     print(json.dumps(metrics.ctr_cvr_metrics(labels, predictions), indent=2, sort_keys=True))

@@ -1,4 +1,7 @@
-"""`pwiser-tf experiment`: the models x losses x datasets x seeds comparison."""
+"""`pwiser-tf experiment`: the models x losses x datasets x seeds comparison.
+
+When runs failed (diverged), the tables are printed and the command exits with
+status 2 after writing results.csv and report.md, which mark them failed."""
 import os
 
 from pwiser_tf.commands import (add_grid_arguments, csv_list, progress_enabled,
@@ -25,9 +28,14 @@ def run(args):
         config["datasets"] = {os.path.basename(os.path.normpath(d)): {"data": d}
                               for d in args.data}
     set_synthetic_rows(config, args.rows)
-    rows = experiment.run_experiment(config, args.output, progress=progress_enabled(args),
-                                     strategy=args.strategy,
-                                     virtual_devices=args.virtual_devices)
+    failure = None
+    try:
+        rows = experiment.run_experiment(config, args.output, progress=progress_enabled(args),
+                                         strategy=args.strategy,
+                                         virtual_devices=args.virtual_devices,
+                                         overwrite=args.overwrite)
+    except experiment.RunsFailed as err:  # the tables first, then the one-line error
+        rows, failure = err.result, err
     baseline = experiment.baseline(config)
     print(report.markdown_table(report.comparison(rows, baseline=baseline)))
     if any("intent_auc" in r for r in rows):
@@ -35,4 +43,6 @@ def run(args):
         print(report.markdown_table(report.comparison(rows, report.INTENT_TASKS, baseline)))
     print(f"\nresults: {os.path.join(args.output, experiment.RESULTS_FILE)}, "
           f"report: {os.path.join(args.output, 'report.md')}")
+    if failure is not None:
+        raise failure
     return 0

@@ -18,7 +18,7 @@ def add_arguments(parser):
 def run(args):
     import os
 
-    from pwiser_tf import sweep
+    from pwiser_tf import experiment, sweep
 
     config = resolve_config(args, "sweep", {
         "sweep.model": args.model, "sweep.axes.pwiser_weight": args.weights,
@@ -27,6 +27,11 @@ def run(args):
     if args.data:
         config["datasets"] = {os.path.basename(os.path.normpath(args.data)): {"data": args.data}}
     set_synthetic_rows(config, args.rows)
-    print(sweep.run_sweep(config, args.output, progress=progress_enabled(args),
-                          strategy=args.strategy, virtual_devices=args.virtual_devices))
+    try:
+        print(sweep.run_sweep(config, args.output, progress=progress_enabled(args),
+                              strategy=args.strategy, virtual_devices=args.virtual_devices,
+                              overwrite=args.overwrite))
+    except experiment.RunsFailed as err:  # the report first, then the one-line error
+        print(err.result)
+        raise
     return 0
