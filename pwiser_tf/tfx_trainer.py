@@ -118,7 +118,7 @@ def train(fn_args) -> Dict[str, float]:
     """`run_fn`'s work, on tf-keras."""
     import tensorflow as tf
 
-    from pwiser_tf import distribute, models, training
+    from pwiser_tf import distribute, guards, models, training
     from pwiser_tf.fileio import write_json
     from pwiser_tf.pipelines import make_dataset
 
@@ -144,7 +144,7 @@ def train(fn_args) -> Dict[str, float]:
         model(next(iter(eval_ds))[0])  # build the variables
     if getattr(fn_args, "base_model", None):
         warm_start(model, fn_args.base_model)
-    callbacks = []
+    callbacks = [guards.StopOnNonFinite()]  # a diverged model is never exported
     if getattr(fn_args, "model_run_dir", None):
         callbacks.append(ScalarLogs(os.path.join(fn_args.model_run_dir, "train"),
                                     every=int(train_config.get("log_every_steps", 100))))
