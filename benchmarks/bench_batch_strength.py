@@ -50,7 +50,7 @@ def main():
         "synthetic", {"synth": {"dataset": "aliexpress", "rows": args.rows, "seed": 0},
                       "validation_fraction": 0.1}, tempfile.mkdtemp(prefix="bench_batch_"),
         progress=False)["data"]
-    model_config = training._model_kwargs(default, "mmoe", "bce")
+    model_config = training.model_kwargs(default, "mmoe", "bce")
     train_cfg = dict(default["train"], epochs=1)
     model, train_ds, _ = training.seeded_start(data, "mmoe", model_config, train_cfg, 0)
     if not args.untrained:

@@ -117,7 +117,7 @@ class AdaFTR(MMoE):
         if self.negatives == "batch":
             # Under a strategy, the CVR representations of every replica's rows
             # (`pairs="global"`), or of this replica's (`pairs="replica"`).
-            candidates = replicas.gather([z_cvr], self.task.pairs)[0]
+            candidates = replicas.gather([z_cvr], self.pairs)[0]
             similarity = tf.matmul(z_ctr, candidates, transpose_b=True)  # [B, B_global]
             positive = tf.reduce_sum(z_ctr * z_cvr, -1)
         else:

@@ -3,8 +3,9 @@
 A subclass builds its layers and implements `forward(features, training)`,
 returning the predictions `{"ctr", "cvr", "ctcvr"}` (float32 `[B]`
 probabilities) and, if it has any, its extra loss terms. The base class owns
-the task (`CtrCvrTask`: loss composition and metrics) and wires `compute_loss`
-to the `(features, labels)` batches of `make_dataset`.
+the task (`CtrCvrTask`: loss composition and metrics), which it builds from its
+own arguments (`loss`, `pwiser_weight`, the margins, ...) as loss objects, and
+wires `compute_loss` to the `(features, labels)` batches of `make_dataset`.
 """
 from typing import Dict, Mapping, Sequence, Tuple, Union
 
@@ -12,12 +13,13 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from pwiser_tf.errors import InputError
+from pwiser_tf.losses import BinaryCrossentropy, PWiseRLoss
 from pwiser_tf.models.embedding import FeatureEmbedding, as_schema
 from pwiser_tf.models.layers import Tower
 from pwiser_tf.models.task import PWISER_DEFAULTS, CtrCvrTask
+from pwiser_tf.options import (LOSSES, NORMALIZATION, PAIRS_DEFAULT, PWISER_HEAD,
+                               PWISER_SCORES, SQUARED)
 from pwiser_tf.pipelines.schema import Schema
-
-LOSSES = ("bce", "pwiser")
 
 
 def ratio_cvr(pctr, pctcvr):
@@ -58,11 +60,11 @@ class CtrCvrModel(tfrs.Model):
                  batch_norm: bool = True, multi_valued_pooling: str = "mean",
                  loss: str = "bce",
                  pwiser_weight: float = PWISER_DEFAULTS["pwiser_weight"],
-                 pwiser_head: str = "ctr", pwiser_scores: str = "probability",
+                 pwiser_head: str = PWISER_HEAD, pwiser_scores: str = PWISER_SCORES,
                  margin_click: float = PWISER_DEFAULTS["margin_click"],
                  margin_nonclick: float = PWISER_DEFAULTS["margin_nonclick"],
-                 squared: bool = True, normalization: str = "anchor",
-                 pairs: str = "global", task_weights=None, auc_num_thresholds: int = 2000,
+                 squared: bool = SQUARED, normalization: str = NORMALIZATION,
+                 pairs: str = PAIRS_DEFAULT, task_weights=None, auc_num_thresholds: int = 2000,
                  auc_logit_scale: float = 8.0, extra_weights=None, bce_heads=None,
                  name=None):
         super().__init__(name=name)
@@ -72,12 +74,18 @@ class CtrCvrModel(tfrs.Model):
         self.schema = as_schema(schema)
         self.embedding_dim, self.multi_valued_pooling = embedding_dim, multi_valued_pooling
         self.tower_units, self.dropout, self.batch_norm = tuple(tower_units), dropout, batch_norm
-        self.task = CtrCvrTask(
-            bce_heads=bce_heads or ("ctr", "ctcvr"), task_weights=task_weights,
+        # PWiseR's options are checked whatever the loss; the task gets the term
+        # only with `loss="pwiser"` and a weight above 0.
+        pwiser = PWiseRLoss(
             pwiser_weight=pwiser_weight if loss == "pwiser" else 0.0,
-            pwiser_head=pwiser_head, pwiser_scores=pwiser_scores,
             margin_click=margin_click, margin_nonclick=margin_nonclick, squared=squared,
-            normalization=normalization, pairs=pairs, extra_weights=extra_weights,
+            normalization=normalization, pwiser_scores=pwiser_scores, pairs=pairs,
+            bce=False, name="pwiser")
+        self.pairs = pairs  # also the rows of AdaFTR's in-batch negatives
+        self.task = CtrCvrTask(
+            bce=BinaryCrossentropy(), pwiser=pwiser if pwiser.pwiser_weight else None,
+            bce_heads=bce_heads or ("ctr", "ctcvr"), task_weights=task_weights,
+            pwiser_head=pwiser_head, extra_weights=extra_weights,
             auc_num_thresholds=auc_num_thresholds, auc_logit_scale=auc_logit_scale,
             dtype="float32")  # the loss and metrics stay float32 under mixed precision
 

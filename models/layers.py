@@ -36,6 +36,13 @@ def dense(units: int, **kwargs) -> tf.keras.layers.Dense:
     return tf.keras.layers.Dense(units, kernel_initializer=fan_in_uniform(), **kwargs)
 
 
+def resettable_dropout(rate: float, **kwargs) -> tf.keras.layers.Dropout:
+    """`Dropout` whose masks come from a `tf.random.Generator` (tf-keras' default is a
+    stateful op that no one can reset): a trainer sets its state at each epoch, so a
+    resumed run draws the masks of an uninterrupted one (`pwiser_tf.training.seeds`)."""
+    return tf.keras.layers.Dropout(rate, rng_type="stateful", **kwargs)
+
+
 def _units(units, what: str):
     units = tuple(int(u) for u in units)
     if any(u <= 0 for u in units):
@@ -75,7 +82,7 @@ class MLP(tf.keras.layers.Layer):
                     momentum=BATCH_NORM_MOMENTUM, name=f"batch_norm_{i}"))
             sublayers.append(tf.keras.layers.ReLU(name=f"relu_{i}"))
             if self.dropout:
-                sublayers.append(tf.keras.layers.Dropout(self.dropout, name=f"dropout_{i}"))
+                sublayers.append(resettable_dropout(self.dropout, name=f"dropout_{i}"))
         self.sublayers = sublayers
 
     @property
@@ -165,7 +172,7 @@ class ExpertBank(tf.keras.layers.Layer):
         self.norms = [tf.keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM,
                                                          name=f"batch_norm_{i}")
                       for i in range(len(self.units))] if self.batch_norm else []
-        self.drop = tf.keras.layers.Dropout(self.dropout) if self.dropout else None
+        self.drop = resettable_dropout(self.dropout) if self.dropout else None
 
     def build(self, input_shape):
         # Each sublayer is built in its own name scope, as its first call would:

@@ -1,34 +1,33 @@
-"""`CtrCvrTask`: the one loss composition of every model, with its metrics.
+"""`CtrCvrTask`: the loss and the metrics of every model, as a TFRS task.
 
-Like a TFRS task, it owns the loss and the metrics. The loss is
+Like `tfrs.tasks.Ranking`, it takes its loss objects and owns its metrics: a
+`pwiser_tf.losses.BinaryCrossentropy` for the BCE terms and, optionally, a
+`pwiser_tf.PWiseRLoss` (with `bce=False`) for the PWiseR term. The loss is
 
     sum_h task_weight_h * BCE_h  +  pwiser_weight * PWiseR(head)  +  sum_e weight_e * extra_e
 
-where the BCE heads are the model's (`ctr` and `ctcvr` over all exposures by
-default; a `cvr` head counts clicked exposures only), each of weight 1 by default,
-PWiseR acts on one head (`ctr` by default) and the extras are a model's own terms
-(AITM's calibrator, AdaFTR's contrastive term, ESCM2's counterfactual risk).
-
-The PWiseR term is computed by a `pwiser_tf.PWiseRLoss` (`task.pwiser_loss`), and
-the BCE terms are summed, so lambda means what it means in Keras: a two-headed
-model compiled with `loss={"ctr": PWiseRLoss(pwiser_weight=lam), "ctcvr":
-"binary_crossentropy"}` trains on BCE(ctr) + BCE(ctcvr) + lam * PWiseR(pCTR), the
-same loss as this task with `pwiser_weight=lam` (`tests/test_losses.py` checks
-that their gradients agree). Each part is reported,
-unweighted, as the metric `<part>_loss`; `ctr_auc`, `ctcvr_auc` (all exposures),
-`cvr_auc` (clicked exposures only) and the three `*_logloss` are reported too.
-A label below 0 marks a missing label: that exposure leaves every term.
+composed by `pwiser_tf.losses.compose`, the composition `PWiseRLoss` itself
+uses, where the BCE heads are the model's (`ctr` and `ctcvr` over all exposures
+by default; a `cvr` head counts clicked exposures only), each of weight 1 by
+default, PWiseR acts on one head (`ctr` by default) and the extras are a model's
+own terms (AITM's calibrator, AdaFTR's contrastive term, ESCM2's counterfactual
+risk). So lambda means what it means in Keras: a two-headed model compiled with
+`loss={"ctr": PWiseRLoss(pwiser_weight=lam), "ctcvr": "binary_crossentropy"}`
+trains on BCE(ctr) + BCE(ctcvr) + lam * PWiseR(pCTR), the same loss as this task
+with a `PWiseRLoss(pwiser_weight=lam, bce=False)` (`tests/test_losses.py` checks
+that their values and gradients agree). Each part is reported, unweighted, as the
+metric `<part>_loss`; `ctr_auc`, `ctcvr_auc` (all exposures), `cvr_auc` (clicked
+exposures only) and the three `*_logloss` are reported too. A label below 0
+marks a missing label: that exposure leaves every term.
 """
 from typing import Dict, Mapping, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 
-from pwiser_tf import kernel, replicas
+from pwiser_tf import kernel
 from pwiser_tf.errors import InputError
-from pwiser_tf.losses import SCORES, PWiseRLoss, binary_crossentropy, logit
-
-HEADS = ("ctr", "cvr", "ctcvr")
+from pwiser_tf.losses import BinaryCrossentropy, PWiseRLoss, binary_crossentropy, compose, logit
+from pwiser_tf.options import HEADS, PWISER_HEAD
 
 # PWiseR's strength and margins: the kernel's defaults, tuned by `pwiser-tf sweep` on the
 # built-in synthetic data by validation CTCVR AUC (docs/sweep.md).
@@ -61,20 +60,19 @@ class AUC(tf.keras.metrics.AUC):
         return config
 
 
-def weighted_mean(values, weights):
-    """The weighted mean over the global batch: under a `tf.distribute` strategy,
-    over every replica's rows (the same value on each replica)."""
-    sums = replicas.global_sum(tf.stack([tf.reduce_sum(values * weights),
-                                         tf.reduce_sum(weights)]))
-    return tf.math.divide_no_nan(sums[0], sums[1])
+def head_labels(labels: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Each head's label, below 0 (missing) where the head has none: `ctr` the
+    click, `ctcvr` the conversion of exposures whose click is known, `cvr` the
+    conversion of clicked exposures."""
+    click, conversion = labels["click"], labels["conversion"]
+    return {"ctr": click, "ctcvr": tf.where(click >= 0, conversion, -1.0),
+            "cvr": tf.where(click > 0, conversion, -1.0)}
 
 
 def label_weights(labels: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """Per head, which exposures count: labelled ones, and for `cvr` clicked ones."""
-    click, conversion = labels["click"], labels["conversion"]
-    ctr = tf.cast(click >= 0, tf.float32)
-    ctcvr = tf.cast((click >= 0) & (conversion >= 0), tf.float32)
-    return {"ctr": ctr, "ctcvr": ctcvr, "cvr": ctcvr * tf.cast(click > 0, tf.float32)}
+    """Per head, which exposures count (1) and which do not (0)."""
+    return {head: tf.cast(label >= 0, tf.float32)
+            for head, label in head_labels(labels).items()}
 
 
 def _check_choice(name, value, choices):
@@ -82,22 +80,27 @@ def _check_choice(name, value, choices):
         raise InputError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def _check_loss(name, loss, cls):
+    if not isinstance(loss, cls):
+        raise InputError(f"CtrCvrTask: {name} must be a {cls.__module__}.{cls.__name__}, "
+                         f"got {type(loss).__name__}")
+
+
 class CtrCvrTask(tf.keras.layers.Layer):
     """Loss composition and metrics of a CTR/CVR model.
 
     Args:
+      bce: the BCE of each head, a `pwiser_tf.losses.BinaryCrossentropy`
+        (default: a mean over each head's labelled exposures); its reduction
+        must not be `"none"`.
+      pwiser: the PWiseR term, a `pwiser_tf.PWiseRLoss` with `bce=False` (the BCE
+        terms are the task's own): its `pwiser_weight` is lambda, next to BCE
+        terms of weight 1, and its options (margins, scores, normalization,
+        `pairs`) are the term's. None (default): no PWiseR term.
       bce_heads: heads with a BCE term, e.g. `("ctr", "ctcvr")`.
       task_weights: weight of each BCE term (default: 1 each, their sum, as
         Keras sums the losses of a model's outputs).
-      pwiser_weight: lambda, the weight of the PWiseR term next to BCE terms of
-        weight 1; 0 turns it off.
       pwiser_head: the head PWiseR acts on: `ctr`, `ctcvr` or `cvr`.
-      pwiser_scores: `probability` (the paper's) or `logit`.
-      margin_click, margin_nonclick, squared, normalization: PWiseR's options
-        (see `pwiser_tf.kernel.pwiser`).
-      pairs: under a `tf.distribute` strategy, PWiseR's pairs span `global`
-        (default: all replicas, as one device on the global batch) or `replica`
-        (each replica's rows); see `PWiseRLoss`.
       extra_weights: a model's own terms, name -> weight.
       auc_num_thresholds, auc_logit_scale: the streaming AUCs' buckets.
 
@@ -111,18 +114,25 @@ class CtrCvrTask(tf.keras.layers.Layer):
     0.734
     """
 
-    def __init__(self, bce_heads: Sequence[str] = ("ctr", "ctcvr"),
+    def __init__(self, bce: Optional[BinaryCrossentropy] = None,
+                 pwiser: Optional[PWiseRLoss] = None,
+                 bce_heads: Sequence[str] = ("ctr", "ctcvr"),
                  task_weights: Optional[Sequence[float]] = None,
-                 pwiser_weight: float = 0.0, pwiser_head: str = "ctr",
-                 pwiser_scores: str = "probability",
-                 margin_click: float = PWISER_DEFAULTS["margin_click"],
-                 margin_nonclick: float = PWISER_DEFAULTS["margin_nonclick"],
-                 squared: bool = True, normalization: str = "anchor",
-                 pairs: str = "global",
+                 pwiser_head: str = PWISER_HEAD,
                  extra_weights: Optional[Mapping[str, float]] = None,
                  auc_num_thresholds: int = 2000, auc_logit_scale: float = 8.0,
                  name: str = "task", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.bce = BinaryCrossentropy() if bce is None else bce
+        _check_loss("bce", self.bce, BinaryCrossentropy)
+        if self.bce.batch_reduction == "none":
+            raise InputError("CtrCvrTask: bce must reduce its rows; got reduction 'none'")
+        if pwiser is not None:
+            _check_loss("pwiser", pwiser, PWiseRLoss)
+            if pwiser.bce:
+                raise InputError("CtrCvrTask: pwiser must be a PWiseRLoss with bce=False "
+                                 "(the BCE terms are the task's own)")
+        self.pwiser = pwiser
         self.bce_heads = tuple(bce_heads)
         for head in self.bce_heads:
             _check_choice("a BCE head", head, HEADS)
@@ -135,77 +145,63 @@ class CtrCvrTask(tf.keras.layers.Layer):
             raise InputError(f"task_weights {self.task_weights} must give one weight per "
                              f"head {self.bce_heads}")
         _check_choice("pwiser_head", pwiser_head, HEADS)
-        _check_choice("pwiser_scores", pwiser_scores, SCORES)
-        _check_choice("normalization", normalization, kernel.NORMALIZATIONS)
-        kernel.check_settings(pwiser_weight=pwiser_weight, margin_click=margin_click,
-                              margin_nonclick=margin_nonclick, **(extra_weights or {}))
-        self.pwiser_weight = float(pwiser_weight)
-        self.pwiser_head, self.pwiser_scores = pwiser_head, pwiser_scores
-        self.margin_click, self.margin_nonclick = float(margin_click), float(margin_nonclick)
-        self.squared, self.normalization = bool(squared), normalization
+        kernel.check_settings(**(extra_weights or {}))
+        self.pwiser_head = pwiser_head
         self.extra_weights = {k: float(v) for k, v in (extra_weights or {}).items()}
         self.auc_num_thresholds, self.auc_logit_scale = auc_num_thresholds, auc_logit_scale
-        # The PWiseR term: the same loss class a Keras `compile` uses (`bce=False`:
-        # the BCE terms are the task's own, one per head).
-        self.pwiser_loss = PWiseRLoss(
-            pwiser_weight=self.pwiser_weight, margin_click=self.margin_click,
-            margin_nonclick=self.margin_nonclick, squared=self.squared,
-            normalization=normalization, pwiser_scores=pwiser_scores, bce=False,
-            pairs=pairs, name="pwiser")
-        self.pairs = pairs
 
         self.aucs = {head: AUC(auc_num_thresholds, auc_logit_scale, name=f"{head}_auc")
                      for head in ("ctr", "ctcvr", "cvr")}
         self.loglosses = {head: tf.keras.metrics.Mean(name=f"{head}_logloss")
                           for head in ("ctr", "ctcvr", "cvr")}
-        parts = list(self.bce_heads) + (["pwiser"] if self.pwiser_weight else [])
+        parts = list(self.bce_heads) + (["pwiser"] if self.pwiser is not None else [])
         parts += list(self.extra_weights)
         self.parts = {part: tf.keras.metrics.Mean(name=f"{part}_loss") for part in parts}
 
-    @property
-    def label_names(self):
-        return {"ctr": "click", "ctcvr": "conversion", "cvr": "conversion"}
-
     def _pwiser(self, labels, predictions):
         packed = tf.stack([labels["click"], labels["conversion"]], axis=1)
-        return self.pwiser_loss.pwiser_term(packed, predictions[self.pwiser_head])
+        return self.pwiser.pwiser_term(packed, predictions[self.pwiser_head])
 
     def call(self, labels, predictions, extras: Optional[Mapping[str, tf.Tensor]] = None,
              training=False):
         labels = {k: tf.cast(tf.reshape(v, [-1]), tf.float32) for k, v in labels.items()}
         valid = kernel.check_labels(labels["click"], labels["conversion"], where=self.name)
-        weights = label_weights(labels)
-        bce = {}
+        targets = head_labels(labels)
         for head in ("ctr", "ctcvr", "cvr"):
-            target = tf.maximum(labels[self.label_names[head]], 0.0)
-            bce[head] = binary_crossentropy(target, predictions[head])
-            self.aucs[head].update_state(target, predictions[head], weights[head])
-            self.loglosses[head].update_state(bce[head], weights[head])
-        terms = {head: weighted_mean(bce[head], weights[head]) for head in self.bce_heads}
-        loss = tf.add_n([w * terms[h] for h, w in zip(self.bce_heads, self.task_weights)])
-        if self.pwiser_weight:
+            counted = tf.cast(targets[head] >= 0, tf.float32)
+            target = tf.maximum(targets[head], 0.0)
+            self.aucs[head].update_state(target, predictions[head], counted)
+            self.loglosses[head].update_state(
+                binary_crossentropy(target, predictions[head]), counted)
+        # Each term over the global batch; `compose` returns this replica's share.
+        terms = {head: self.bce.term(targets[head], predictions[head])
+                 for head in self.bce_heads}
+        if self.pwiser is not None:
             terms["pwiser"] = self._pwiser(labels, predictions)
-            loss += self.pwiser_loss.pwiser_weight * terms["pwiser"]
-        for name, weight in self.extra_weights.items():
-            terms[name] = extras[name]
-            loss += weight * terms[name]
+        terms.update({name: extras[name] for name in self.extra_weights})
         for name, value in terms.items():
             self.parts[name].update_state(value)
-        # Under a strategy the BCE and PWiseR terms are over the global batch, the
-        # extras are this replica's means; `tfrs.Model` sums the replicas' losses
-        # and gradients, so each returns its share: the step and the reported loss
-        # equal one device on the global batch. NaN for invalid labels under XLA.
-        return tf.where(valid, replicas.share(loss), np.nan)
+        return compose(
+            [(weight, terms[head]) for head, weight in zip(self.bce_heads, self.task_weights)],
+            self.pwiser.pwiser_weight if self.pwiser is not None else 0.0, terms.get("pwiser"),
+            [(weight, terms[name]) for name, weight in self.extra_weights.items()],
+            valid=valid)
 
     def get_config(self):
         config = super().get_config()
         config.update(
+            bce=tf.keras.losses.serialize(self.bce),
+            pwiser=None if self.pwiser is None else tf.keras.losses.serialize(self.pwiser),
             bce_heads=self.bce_heads, task_weights=self.task_weights,
-            pwiser_weight=self.pwiser_weight, pwiser_head=self.pwiser_head,
-            pwiser_scores=self.pwiser_scores, margin_click=self.margin_click,
-            margin_nonclick=self.margin_nonclick, squared=self.squared,
-            normalization=self.normalization, pairs=self.pairs,
-            extra_weights=self.extra_weights,
+            pwiser_head=self.pwiser_head, extra_weights=self.extra_weights,
             auc_num_thresholds=self.auc_num_thresholds,
             auc_logit_scale=self.auc_logit_scale)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for name in ("bce", "pwiser"):
+            if isinstance(config.get(name), dict):
+                config[name] = tf.keras.losses.deserialize(config[name])
+        return cls(**config)

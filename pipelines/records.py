@@ -28,6 +28,7 @@ from typing import Dict, List, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+from pwiser_tf import fileio
 from pwiser_tf.pipelines.schema import Schema
 
 PARTIAL_SUFFIX = ".partial"
@@ -248,7 +249,7 @@ class ShardWriter:
         if not self._partials:  # an empty split still gets one (empty) shard
             self._open()
             self._close_current()
-        suffix = ".tfrecord.gz" if self.compression == "GZIP" else ".tfrecord"
+        suffix = fileio.record_suffix(self.compression)
         total = len(self._partials)
         names = []
         for i, partial in enumerate(self._partials):

@@ -1,19 +1,13 @@
 """The public file formats that `synth.synthesize` writes (see docs/synthetic.md).
 
 One writer per dataset turns chunks of synthetic exposures (`synth.exposures`)
-into text, vectorised with `fastcsv`. Every file is written under a temporary
-name and renamed only when the whole dataset is written, so an interrupted run
-leaves no complete-looking file behind. Remote outputs (`gs://`, `ram://`) go
-through `tf.io.gfile`; local ones through `os` (`fileio.filesystem`), so that
-`synth` loads no TensorFlow (and prints none of its log) for them.
+into text, vectorised with `fastcsv`, through a `synth_writer.Writer` (every file
+renamed into place only when the whole dataset is written).
 """
 import os
 from typing import Dict, List
 
 import numpy as np
-
-from pwiser_tf import fileio
-from pwiser_tf.errors import InputError
 
 from pwiser_tf.pipelines.readers import aliexpress
 from pwiser_tf.pipelines.readers.aliexpress import (ITEM_CATEGORICAL as AE_ITEM_CATEGORICAL,
@@ -22,6 +16,7 @@ from pwiser_tf.pipelines.readers.aliexpress import (ITEM_CATEGORICAL as AE_ITEM_
                                                     USER_NUMERICAL as AE_USER_NUMERICAL)
 from pwiser_tf.pipelines.fastcsv import (csv_rows, float_cells, int_cells, masked, text_rows,
                                          unit_cells)
+from pwiser_tf.pipelines.synth_writer import Writer, bucket_ids, header_line, sparse_numbers
 
 DECIMALS = 6            # the processed AliExpress CSV's precision
 CCP_DECIMALS = 4        # Ali-CCP values
@@ -31,71 +26,6 @@ def writer(dataset: str, output_dir: str, country: str = "nl") -> "Writer":
     if dataset == "aliexpress":
         return AliExpressWriter(output_dir, country)
     return AliCcpWriter(output_dir)
-
-
-class Writer:
-    """Opens files lazily under temporary names; renames them all on success."""
-
-    convert_format = ""
-
-    def __init__(self, output_dir: str):
-        self.output_dir = output_dir
-        self.files_api = fileio.filesystem(output_dir)
-        self._handles: Dict[str, object] = {}
-        self._paths: Dict[str, str] = {}   # final path -> temporary path
-        self._names: Dict[str, str] = {}   # relative name -> final path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        for handle in self._handles.values():
-            handle.close()
-        files = self.files_api
-        for path, tmp in self._paths.items():
-            if kind is None:
-                files.rename(tmp, path, overwrite=True)
-            elif files.exists(tmp):
-                files.remove(tmp)
-        return False
-
-    def append(self, relative: str, text: bytes, header: bytes = b"") -> None:
-        files = self.files_api
-        if relative not in self._handles:
-            path = os.path.join(self.output_dir, relative)
-            try:
-                files.makedirs(os.path.dirname(path))
-            except Exception as err:  # OSError, tf.errors.OpError: a file in the way, ...
-                raise InputError(f"{os.path.dirname(path)}: cannot create the folder "
-                                 f"({getattr(err, 'message', None) or err})") from None
-            if files.exists(path):
-                files.remove(path)  # a rerun never leaves an old file beside the new
-            tmp = fileio.temporary_name(path)
-            self._paths[path] = tmp
-            self._names[relative] = path
-            self._handles[relative] = files.GFile(tmp, "wb")
-            self._handles[relative].write(header)
-        self._handles[relative].write(text)
-
-    def files(self) -> Dict[str, str]:
-        return dict(self._names)
-
-    def convert_inputs(self) -> List[str]:
-        raise NotImplementedError
-
-
-def _header(names) -> bytes:
-    return (",".join(names) + "\n").encode()
-
-
-def _buckets(draw: np.ndarray, size: int) -> np.ndarray:
-    """A uniform draw in [0, 1) as an id in [0, size)."""
-    return np.minimum((draw * size).astype(np.int64), size - 1)
-
-
-def _sparse(draw: np.ndarray) -> np.ndarray:
-    """Distractor numericals in [0, 1]: skewed, zero for a third of the rows."""
-    return np.where(draw < 1 / 3, 0.0, ((draw - 1 / 3) * 1.5) ** 2)
 
 
 # --- AliExpress -------------------------------------------------------------
@@ -124,10 +54,10 @@ class AliExpressWriter(Writer):
         draws = world.user_random[users]
         cols = {2: world.user_segment[users], 7: world.user_level[users]}
         for k, (column, size) in enumerate(AE_USER_SIZES.items()):
-            cols[column] = _buckets(draws[:, k], size)
+            cols[column] = bucket_ids(draws[:, k], size)
         cols[9] = world.user_propensity_score[users]
         for k, column in enumerate(AE_USER_NUMERICAL[1:]):
-            cols[column] = _sparse(draws[:, 8 + k])
+            cols[column] = sparse_numbers(draws[:, 8 + k])
         return cols
 
     @staticmethod
@@ -137,12 +67,12 @@ class AliExpressWriter(Writer):
         cols = {19: world.item_category[items], 34: world.item_style[items],
                 35: world.item_brand[items]}
         for k, (column, size) in enumerate(AE_ITEM_SIZES.items()):
-            cols[column] = _buckets(draws[:, k], size)
+            cols[column] = bucket_ids(draws[:, k], size)
         cols.update({2: position, 3: world.item_quality_score[items],
                      4: world.item_price[items], 5: world.item_attraction[items],
                      6: match_score})
         for k, column in enumerate(AE_ITEM_NUMERICAL[5:]):
-            cols[column] = _sparse(draws[:, 8 + k])
+            cols[column] = sparse_numbers(draws[:, 8 + k])
         return cols
 
     def write(self, split: str, world, batch: dict) -> None:
@@ -158,7 +88,7 @@ class AliExpressWriter(Writer):
         labels = np.stack([batch["click"], batch["conversion"], batch["intent"]], axis=1)
         self.append(f"processed/{split}.csv",
                     csv_rows([search_id, categorical, numerical, int_cells(labels)]),
-                    header=_header(AE_HEADER))
+                    header=header_line(AE_HEADER))
 
         per_search = self.user_columns(world, batch["search_user"])
         self.append(f"raw/{self.country}_user_{split}.csv", csv_rows(
@@ -231,42 +161,42 @@ class AliCcpWriter(Writer):
         segment = world.user_segment[su]
         out = {"101": su, "121": segment, "126": world.user_level[su]}
         for k, name in enumerate(("122", "124", "125", "127", "128", "129")):
-            out[name] = _buckets(ud[:, k], sizes[name])
+            out[name] = bucket_ids(ud[:, k], sizes[name])
         # behaviour history: categories browsed lean to the segment's favourites
         favourites = np.argsort(-world.affinity, axis=1)[:, :8]
         column = 0
         for name in CCP_USER_MULTI:  # draws: a length, then `width` ids, then `width` counts
             width = CCP_MULTI_MAX[name]
-            length = _buckets(sd[:, column], width + 1)
+            length = bucket_ids(sd[:, column], width + 1)
             draws = sd[:, column + 1:column + 1 + width]
-            counts = 1 + _buckets(sd[:, column + 1 + width:column + 1 + 2 * width], CCP_MAX_COUNT)
+            counts = 1 + bucket_ids(sd[:, column + 1 + width:column + 1 + 2 * width], CCP_MAX_COUNT)
             column += 1 + 2 * width
             if name == "109_14":
                 length = np.maximum(length, 1)
-                ids = favourites[segment[:, None], _buckets(draws ** 2, 8)]
+                ids = favourites[segment[:, None], bucket_ids(draws ** 2, 8)]
             else:
-                ids = _buckets(draws, sizes[name])
+                ids = bucket_ids(draws, sizes[name])
             present = np.arange(width)[None, :] < length[:, None]
             out[name] = (ids, np.log1p(counts), present)
         item, d = batch["item"], batch["draws"]
         idraw = world.item_random[item]
         category, style = world.item_category[item], world.item_style[item]
         nodes = np.stack([category * 8 + style,
-                          m.categories * 8 + _buckets(d[:, 0], CCP_NODES),
-                          m.categories * 8 + _buckets(d[:, 1], CCP_NODES)], axis=1)
-        n_nodes = 1 + _buckets(idraw[:, 10], 3)
+                          m.categories * 8 + bucket_ids(d[:, 0], CCP_NODES),
+                          m.categories * 8 + bucket_ids(d[:, 1], CCP_NODES)], axis=1)
+        n_nodes = 1 + bucket_ids(idraw[:, 10], 3)
         level = world.user_level[batch["user"]]
         out.update({
-            "205": item, "206": category, "207": _buckets(idraw[:, 0], sizes["207"]),
+            "205": item, "206": category, "207": bucket_ids(idraw[:, 0], sizes["207"]),
             "210": (nodes, np.ones(nodes.shape), np.arange(3)[None, :] < n_nodes[:, None]),
             "216": world.item_brand[item],
             "508": (world.user_segment[batch["user"]] * m.categories + category,
                     batch["match_score"], np.ones(len(item), bool)),
             "509": (level * m.brands + world.item_brand[item], d[:, 2], d[:, 3] < 0.6),
-            "702": (_buckets(d[:, 4], sizes["702"]), d[:, 5], d[:, 6] < 0.3),
-            "853": (style * 3 + _buckets(batch["position"], 3),
+            "702": (bucket_ids(d[:, 4], sizes["702"]), d[:, 5], d[:, 6] < 0.3),
+            "853": (style * 3 + bucket_ids(batch["position"], 3),
                     world.item_attraction[item], np.ones(len(item), bool)),
-            "301": _buckets(batch["position"], 3),
+            "301": bucket_ids(batch["position"], 3),
         })
         return out
 
@@ -364,7 +294,7 @@ class AliCcpWriter(Writer):
         for name, rows in self._parts(split, batch):
             self.append(f"processed/torch_rechub/ali_ccp_{name}.csv",
                         csv_rows([c[rows] for c in text_columns]),
-                        header=_header(CCP_RECHUB_HEADER))
+                        header=header_line(CCP_RECHUB_HEADER))
 
     def _parts(self, split, batch):
         """train -> train; test -> val (odd search ids) and test (even), i.e. 2:1:1."""
@@ -380,7 +310,7 @@ class AliCcpWriter(Writer):
         if split == "train":  # the public test file has no header line, hence no intent
             self.append("processed/aitm/train.csv",
                         csv_rows(columns + [int_cells(batch["intent"])]),
-                        header=_header(CCP_AITM_HEADER))
+                        header=header_line(CCP_AITM_HEADER))
         else:
             self.append("processed/aitm/test.csv", csv_rows(columns))
 

@@ -1,19 +1,26 @@
 """Run configuration: the defaults, a YAML/JSON file, then command-line overrides.
 
-A configuration is a nested dict. `resolve(base, path, overrides)` merges a file
-over the packaged defaults and applies `key.sub=value` overrides (values parsed
-as YAML, so `train.epochs=3` gives an int and `models=[mmoe,ple]` a list). Every
-run writes the resolved configuration beside its results.
+A configuration is written as a nested dict. `resolve(base, path, overrides)`
+merges a file over the packaged defaults and applies `key.sub=value` overrides
+(values parsed as YAML, so `train.epochs=3` gives an int and `models=[mmoe,ple]`
+a list).
 
-`validate(config)` checks a configuration against its schema (`Config`, pydantic
-models): an unknown key is refused with the nearest valid key suggested, and a
-value of the wrong type or range is refused with the key that holds it.
+`validate(config)` checks it against its schema (`pwiser_tf.settings`) and returns
+the typed settings (`Config`), which every command passes on as they are. An
+unknown key is refused with the nearest valid key suggested, and a value of the
+wrong type, range or choice with the key that holds it, before anything is
+written. Every run writes its settings resolved (every default spelled out)
+beside its results, so a change of a default shows in its fingerprint.
+
+This module loads no TensorFlow (`pwiser-tf synth` uses it without).
 
 Example:
 
 >>> cfg = resolve({"train": {"epochs": 10}}, overrides=["train.epochs=2"])
->>> cfg["train"]["epochs"]
+>>> validate(cfg).train.epochs
 2
+>>> validate({}).pwiser.pwiser_weight
+0.03
 >>> validate({"train": {"epoch": 3}})
 Traceback (most recent call last):
 ...
@@ -25,131 +32,16 @@ import json
 import math
 import typing
 from importlib import resources
-from typing import Any, Dict, Iterable, List, Literal, Optional
+from typing import Any, Iterable, List, Optional, Tuple, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from pwiser_tf.errors import InputError
-
-
-class _Section(BaseModel):
-    """A configuration section: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
-
-
-class TrainSettings(_Section):
-    """`train:`, the optimization of every run (defaults: the reference settings)."""
-
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(2048, ge=1)
-    patience: int = Field(2, ge=0, description="epochs without a validation gain")
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
-    mixed_precision: Literal["off", "bf16", "fp16"] = Field(
-        "off", description="float32, or the mixed_bfloat16 / mixed_float16 Keras policy")
-    jit_compile: Optional[bool] = Field(None, description="XLA; default: on a TPU only")
-    multi_valued_length: int = Field(
-        64, ge=1, description="multi-valued fields are padded or cut to this length when "
-                              "shapes are static (under a strategy or XLA)")
-
-
-class PwiserSettings(_Section):
-    """`pwiser:`, the PWiseR term's constructor arguments (unset: the models' defaults)."""
-
-    pwiser_weight: Optional[float] = Field(None, ge=0)
-    margin_click: Optional[float] = Field(None, ge=0)
-    margin_nonclick: Optional[float] = Field(None, ge=0)
-    pwiser_head: Optional[str] = None
-    pwiser_scores: Optional[str] = None
-    squared: Optional[bool] = None
-    normalization: Optional[str] = None
-    pairs: Optional[Literal["global", "replica"]] = Field(
-        None, description="under a strategy: pairs over all replicas or per replica")
-
-
-class SynthSettings(_Section):
-    """`synth:` of a dataset: arguments of `pwiser_tf.pipelines.synthesize`."""
-
-    dataset: Literal["aliexpress", "ali-ccp"] = "aliexpress"
-    rows: int = Field(200_000, ge=2)
-    seed: int = 0
-    test_fraction: Optional[float] = Field(None, gt=0, lt=1)
-    country: str = "nl"
-
-
-class DatasetSettings(_Section):
-    """One entry of `datasets:`: a converted directory, or synthetic data."""
-
-    data: Optional[str] = None
-    eval_data: Optional[str] = None
-    synth: Optional[SynthSettings] = None
-    validation_fraction: float = Field(0.1, ge=0, lt=1)
-
-    @pydantic.model_validator(mode="after")
-    def _one_source(self):
-        if (self.data is None) == (self.synth is None):
-            raise ValueError("needs 'data: DIR' or 'synth: {...}' (one of them)")
-        return self
-
-
-class SweepCentre(_Section):
-    """`sweep.centre:`, where the axis-by-axis sweep starts."""
-
-    pwiser_weight: float = Field(1.0, ge=0)
-    margin: float = Field(0.1, ge=0)
-    pwiser_head: Literal["ctr", "ctcvr", "cvr"] = "ctr"
-    pwiser_scores: Literal["probability", "logit"] = "probability"
-    normalization: Literal["anchor", "pair"] = "anchor"
-
-
-class SweepAxes(_Section):
-    """`sweep.axes:`, the values of each axis, swept in the order given."""
-
-    margin: Optional[List[float]] = None
-    pwiser_head: Optional[List[Literal["ctr", "ctcvr", "cvr"]]] = None
-    pwiser_scores: Optional[List[Literal["probability", "logit"]]] = None
-    normalization: Optional[List[Literal["anchor", "pair"]]] = None
-    pwiser_weight: Optional[List[float]] = None
-
-
-class SweepSettings(_Section):
-    """`sweep:`, the design of `pwiser-tf sweep` (`pwiser_tf.sweep`)."""
-
-    model: str = "mmoe"
-    select: str = "ctcvr_auc"
-    centre: SweepCentre = SweepCentre()
-    axes: SweepAxes = SweepAxes()
-
-
-class Config(_Section):
-    """A whole configuration (`pwiser_tf/configs/*.yaml`)."""
-
-    title: str = "BCE vs PWiseR"
-    datasets: Dict[str, DatasetSettings] = {}
-    models: List[str] = []
-    losses: List[Literal["bce", "pwiser"]] = []
-    seeds: List[int] = []
-    train: TrainSettings = TrainSettings()
-    model: Dict[str, Any] = Field({}, description="every model's constructor arguments")
-    model_options: Dict[str, Dict[str, Any]] = {}
-    pwiser: PwiserSettings = PwiserSettings()
-    sweep: Optional[SweepSettings] = None
-    variants: Optional[Dict[str, Optional[Dict[str, Any]]]] = Field(
-        None, description="name -> a partial configuration: one arm per (loss, variant)")
-    baseline: Optional[str] = Field(None, description="the arm the others are compared "
-                                                      "with (default bce)")
-
-    @pydantic.field_validator("models", "losses", "seeds")
-    @classmethod
-    def _each_once(cls, values):
-        # A repeated entry would train and report the same runs twice.
-        for i, value in enumerate(values):
-            if value in values[:i]:
-                raise ValueError(f"{value!r} appears twice; list each once")
-        return values
+# The schema (re-exported: `config.Config`, `config.TrainSettings`, ...).
+from pwiser_tf.settings import (AXES, Config, DatasetSettings, PwiserSettings,  # noqa: F401
+                                SweepCentre, SweepSettings, SynthSettings, TrainSettings)
 
 
 def packaged(name: str) -> dict:
@@ -298,36 +190,56 @@ def _non_finite(node, key: str = "", text: bool = False):
     return None
 
 
-def validate(config: dict) -> dict:
-    """Checks `config` against `Config`; returns it with its values coerced to their
-    types (`"1e-3"` to a float). Raises one `InputError` naming the first bad key;
-    a NaN or infinite number is refused wherever it is."""
+def validate(config: Union[dict, Config]) -> Config:
+    """Checks `config` against `Config` and returns the typed settings, values coerced
+    to their types (`"1e-3"` to a float) and defaults filled in; a `Config` is
+    returned as it is. Raises one `InputError` naming the first bad key; a NaN or
+    infinite number is refused wherever it is."""
+    if isinstance(config, Config):
+        return config
     found = _non_finite(config)
     if found:
         raise InputError(f"configuration key '{found[0]}': must be a finite number "
                          f"(got {found[1]!r})")
     try:
-        checked = Config.model_validate(config)
+        return Config.model_validate(config)
     except pydantic.ValidationError as err:
         errors = err.errors()
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise InputError(_message(errors[0]) + more) from None
-    coerced = checked.model_dump(exclude_unset=True)
-    result = copy.deepcopy(config)
-    for section in ("train", "pwiser", "seeds", "sweep"):
-        if section in coerced and section in result:
-            result[section] = merge(result[section], coerced[section]) \
-                if isinstance(result[section], dict) else coerced[section]
-    return result
 
 
-def train_settings(config: dict) -> dict:
-    """The `train:` section with every setting, defaults filled in."""
-    return TrainSettings.model_validate(config.get("train") or {}).model_dump()
+def train_settings(train: Union[TrainSettings, dict, None]) -> TrainSettings:
+    """`train:` settings: a (partial) `train:` section is checked as `validate` checks
+    it, defaults filled in; `TrainSettings` are returned as they are."""
+    if isinstance(train, TrainSettings):
+        return train
+    return validate({"train": dict(train or {})}).train
 
 
-def save(config: dict, path: str) -> None:
-    """Writes a configuration as YAML, atomically (any `tf.io.gfile` filesystem)."""
+def field(key: str) -> Tuple[Any, pydantic.fields.FieldInfo]:
+    """The type and the field (its default, its description) of a dotted configuration
+    key, e.g. `train.epochs`; an axis of `sweep.axes` holds a list of its centre's field.
+
+    >>> field("pwiser.pwiser_head")[1].default
+    'ctr'
+    """
+    *parents, leaf = key.split(".")
+    node: Any = Config
+    for part in parents:
+        if node is SweepSettings and part == "axes":
+            info = SweepCentre.model_fields[leaf]
+            return List[info.annotation], info
+        node = _strip_optional(node.model_fields[part].annotation)
+    info = node.model_fields[leaf]
+    return _strip_optional(info.annotation), info
+
+
+def save(config: Union[dict, Config], path: str) -> None:
+    """Writes a configuration as YAML, atomically (any `tf.io.gfile` filesystem); typed
+    settings with every value resolved."""
     from pwiser_tf import fileio
 
+    if isinstance(config, Config):
+        config = config.to_dict()
     fileio.atomic_write(path, yaml.safe_dump(config, sort_keys=False))

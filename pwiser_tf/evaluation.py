@@ -8,7 +8,7 @@ labels stay aligned row by row.
 import csv
 import io
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -74,25 +74,40 @@ def predict_split(model_dir: str, data_dir: str, split: str = "test",
     if tf.io.gfile.exists(trained):
         check_compatible(Metadata.load(os.path.dirname(trained)).schema, metadata.schema,
                          data_dir)
+    return predict_files(model_dir, files, metadata.schema, metadata.compression,
+                         f"{data_dir} ({split})", batch_size)
+
+
+def predict_files(model_dir: str, files, schema: Schema, compression: str = "",
+                  where: str = "", batch_size: int = 8192, limit: Optional[int] = None
+                  ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """Labels and predictions of the records of `files` (the first `limit` of them,
+    if given), in file order, through the SavedModel's serving signature; `where`
+    names the records in errors. The labels are read from the columns `schema`
+    names (its layout's)."""
     signatures = load_saved_model(model_dir).signatures
     # a model of `--remap-ids` data serves raw ids by default; the converted
     # records hold the renumbered ones
     serve = signatures[REMAPPED_SIGNATURE if REMAPPED_SIGNATURE in signatures
                        else "serving_default"]
-    label_spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in metadata.schema.labels}
-    records = tf.data.TFRecordDataset(files, compression_type=metadata.compression or None)
+    columns = {name: schema.label_column(name) for name in schema.labels}
+    label_spec = {column: tf.io.FixedLenFeature([], tf.int64) for column in columns.values()}
+    records = tf.data.TFRecordDataset(files, compression_type=compression or None)
+    if limit is not None:
+        records = records.take(limit)
     records = records.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    labels = {name: [] for name in label_spec}
+    labels = {name: [] for name in columns}
     predictions = {name: [] for name in OUTPUTS}
     try:
         for batch in records:
-            for name, value in tf.io.parse_example(batch, label_spec).items():
-                labels[name].append(value.numpy())
+            parsed = tf.io.parse_example(batch, label_spec)
+            for name, column in columns.items():
+                labels[name].append(parsed[column].numpy())
             for name, value in serve(examples=batch).items():
                 if name in predictions:
                     predictions[name].append(np.reshape(value.numpy(), [-1]))
     except tf.errors.OpError as err:
-        raise InputError(f"{data_dir} ({split}): cannot score the records: "
+        raise InputError(f"{where or files[0]}: cannot score the records: "
                          f"{err.message.splitlines()[0]}") from None
     return ({k: np.concatenate(v) if v else np.zeros([0]) for k, v in labels.items()},
             {k: np.concatenate(v) if v else np.zeros([0]) for k, v in predictions.items()})

@@ -53,7 +53,7 @@ import io
 import itertools
 import math
 import os
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Union
 
 import tensorflow as tf
 
@@ -104,29 +104,27 @@ def cell_dir(output_dir: str, cell: dict) -> str:
     return fileio.join(output_dir, "runs", *cell_name(cell).split("/"))
 
 
-def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = True,
-                    overwrite: bool = False) -> dict:
+def prepare_dataset(name: str, spec: Union[config_lib.DatasetSettings, dict],
+                    output_dir: str, progress: bool = True, overwrite: bool = False) -> dict:
     """Resolves a dataset entry to `{data, eval_data}` directories, generating and
     converting synthetic data when the entry asks for it. Data generated with other
-    settings is generated again with `overwrite`, else refused."""
-    if not isinstance(spec, dict):
-        raise InputError(f"dataset {name!r}: expected a mapping with 'data' or 'synth'")
-    if spec.get("data") is not None:
-        data = spec["data"]
-        if not tf.io.gfile.exists(fileio.join(data, METADATA_FILE)):
-            raise InputError(f"dataset {name!r}: {data!r} is not a converted directory "
+    settings (`spec.json` records them, resolved) is generated again with
+    `overwrite`, else refused."""
+    if not isinstance(spec, config_lib.DatasetSettings):
+        spec = config_lib.validate({"datasets": {name: spec}}).datasets[name]
+    if spec.data is not None:
+        if not tf.io.gfile.exists(fileio.join(spec.data, METADATA_FILE)):
+            raise InputError(f"dataset {name!r}: {spec.data!r} is not a converted directory "
                              f"(no {METADATA_FILE}); run `pwiser-tf convert` first")
-        return {"data": data, "eval_data": spec.get("eval_data")}
-    if "synth" not in spec:
-        raise InputError(f"dataset {name!r}: needs 'data: DIR' or 'synth: {{...}}'")
+        return {"data": spec.data, "eval_data": spec.eval_data}
     from pwiser_tf.pipelines import synthesize
     from pwiser_tf.pipelines.convert import assign_splits, convert
 
-    synth = dict(spec["synth"])
     root = fileio.join(output_dir, "data", name)
     converted = fileio.join(root, "tfrecords")
     recorded = fileio.join(root, "spec.json")
-    wanted = {"synth": synth, "validation_fraction": spec.get("validation_fraction", 0.1)}
+    wanted = {"synth": spec.synth.model_dump(),
+              "validation_fraction": spec.validation_fraction}
     if tf.io.gfile.exists(recorded) and fileio.read_json(recorded) != wanted:
         if tf.io.gfile.exists(fileio.join(converted, METADATA_FILE)) and not overwrite:
             diff = training.differences(fileio.read_json(recorded), wanted)
@@ -140,47 +138,42 @@ def prepare_dataset(name: str, spec: dict, output_dir: str, progress: bool = Tru
         tf.io.gfile.makedirs(root)
         fileio.write_json(recorded, wanted)
         raw = fileio.join(root, "files")
-        kind = synth.pop("dataset", "aliexpress")
-        written = synthesize(kind, int(synth.pop("rows", 200_000)), raw, **synth)
+        synth = spec.synth
+        written = synthesize(synth.dataset, synth.rows, raw, seed=synth.seed,
+                             test_fraction=synth.test_fraction, country=synth.country)
         inputs = written["convert_inputs"]
         # Carve a validation split from train unless the format ships one.
-        fraction = 0.0 if "validation" in assign_splits(inputs) else \
-            float(spec.get("validation_fraction", 0.1))
+        fraction = 0.0 if "validation" in assign_splits(inputs) else spec.validation_fraction
         convert(written["convert_format"], inputs, converted,
                 validation_fraction=fraction, progress=progress)
     return {"data": converted, "eval_data": None}
 
 
-def grid(config: dict) -> List[dict]:
+def grid(config: Union[config_lib.Config, dict]) -> List[dict]:
     """The cells of the configured grid, in a stable order."""
+    config = config_lib.validate(config)
     for key in ("models", "losses", "seeds"):
-        if not config.get(key):
+        if not getattr(config, key):
             raise InputError(f"the configuration lists no {key}")
     names = training.model_names()
-    for model in config["models"]:
+    for model in config.models:
         training.check_choice("model", model, names)
-    for loss in config["losses"]:
-        training.check_choice("loss", loss, training.LOSSES)
-    variants = config.get("variants") or {"": {}}
-    if not isinstance(variants, dict) or not all(
-            isinstance(v, dict) or v is None for v in variants.values()):
-        raise InputError("variants must map each variant name to a partial configuration")
-    cells = [{"dataset": d, "model": m, "loss": l, "seed": int(s), "variant": str(v),
+    variants = config.variants or {"": {}}
+    cells = [{"dataset": d, "model": m, "loss": l, "seed": s, "variant": v,
               "overrides": variants[v] or {}}
-             for d, m, l, v, s in itertools.product(config["datasets"], config["models"],
-                                                    config["losses"], variants,
-                                                    config["seeds"])]
-    arms = sorted({l + (f"/{v}" if v else "") for l in config["losses"] for v in variants})
+             for d, m, l, v, s in itertools.product(config.datasets, config.models,
+                                                    config.losses, variants, config.seeds)]
+    arms = sorted({l + (f"/{v}" if v else "") for l in config.losses for v in variants})
     # One arm needs no baseline (nothing to compare); several need theirs in the grid.
-    if baseline(config) not in arms and (len(arms) > 1 or config.get("baseline")):
+    if baseline(config) not in arms and (len(arms) > 1 or config.baseline):
         raise InputError(f"baseline {baseline(config)!r} is not an arm of the grid; "
                          f"choose one of: {', '.join(arms)}")
     return cells
 
 
-def baseline(config: dict) -> str:
+def baseline(config: config_lib.Config) -> str:
     """The arm the others are compared with: `baseline`, by default `bce`."""
-    return str(config.get("baseline") or "bce")
+    return config.baseline or "bce"
 
 
 def _recorded(directory: str) -> Optional[dict]:
@@ -205,7 +198,7 @@ def _conflict(run_dir: str, settings: dict) -> Optional[str]:
     return None
 
 
-def check_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
+def check_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: config_lib.Config,
                 output_dir: str, eval_split: Optional[str] = None,
                 overwrite: bool = False) -> None:
     """Resolves every cell (its arguments and data are checked before any runs) and,
@@ -216,7 +209,7 @@ def check_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
         source = datasets[cell["dataset"]]
         spec = training.resolve_run(
             source["data"], cell["model"], cell["loss"], cell["seed"],
-            config_lib.merge(config, cell.get("overrides") or {}),
+            config.merged(cell.get("overrides")),
             eval_data_dir=source.get("eval_data"), eval_split=eval_split)
         diff = None if overwrite else _conflict(cell_dir(output_dir, cell), spec.settings)
         if diff:
@@ -232,7 +225,7 @@ def check_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
                          f"another --output")
 
 
-def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
+def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: config_lib.Config,
               output_dir: str, progress: bool = True, eval_split: Optional[str] = None,
               strategy=None, overwrite: bool = False) -> List[dict]:
     """Runs (or reads back) every cell; returns one result row per cell.
@@ -255,7 +248,7 @@ def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: dict,
         try:
             result = training.train_run(
                 source["data"], cell_dir(output_dir, cell), cell["model"], cell["loss"],
-                cell["seed"], config_lib.merge(config, cell.get("overrides") or {}),
+                cell["seed"], config.merged(cell.get("overrides")),
                 eval_data_dir=source.get("eval_data"), eval_split=eval_split,
                 progress=progress, overwrite=overwrite, strategy=strategy)
         except guards.Diverged as err:  # the rest of the grid still runs
@@ -298,7 +291,8 @@ def refused_setup(write_dir: str, new: bool):
         raise
 
 
-def run_experiment(config: dict, output_dir: str, progress: bool = True, strategy=None,
+def run_experiment(config: Union[config_lib.Config, dict], output_dir: str,
+                   progress: bool = True, strategy=None,
                    virtual_devices: Optional[int] = None,
                    overwrite: bool = False) -> List[dict]:
     """Prepares the datasets, runs the grid and writes results.csv, report.md, plots.
@@ -311,7 +305,7 @@ def run_experiment(config: dict, output_dir: str, progress: bool = True, strateg
     from pwiser_tf import distribute, report
 
     config = config_lib.validate(config)
-    if not config.get("datasets"):
+    if not config.datasets:
         raise InputError("the configuration lists no datasets")
     strategy = distribute.resolve_strategy(strategy, virtual_devices)  # before any op
     cells = grid(config)
@@ -321,13 +315,13 @@ def run_experiment(config: dict, output_dir: str, progress: bool = True, strateg
         with fileio.exclusive_lock(write_dir, "experiment directory"):
             with refused_setup(write_dir, new):
                 datasets = {name: prepare_dataset(name, spec, write_dir, progress, overwrite)
-                            for name, spec in config["datasets"].items()}
+                            for name, spec in config.datasets.items()}
                 check_cells(cells, datasets, config, output_dir, overwrite=overwrite)
             rows = run_cells(cells, datasets, config, output_dir, progress, strategy=strategy,
                              overwrite=overwrite)
             results = fileio.join(write_dir, RESULTS_FILE)
             write_results(report.paired_columns(rows, baseline=baseline(config)), results)
-            report.write_report(rows, write_dir, title=config.get("title", "BCE vs PWiseR"),
+            report.write_report(rows, write_dir, title=config.title,
                                 baseline=baseline(config))
             config_lib.save(config, fileio.join(write_dir, "config.yaml"))
     raise_if_failed(rows, results, rows)

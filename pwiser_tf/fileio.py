@@ -16,6 +16,8 @@ operations the project composes from it:
   real directories (object stores, `ram://`).
 - `exclusive_lock`: one writer per directory (`fcntl` on a lock file; local paths only,
   since object stores have no locks).
+- `compression_of` / `record_suffix`: the TFRecord compression that file names imply,
+  and the file suffix that a compression gives.
 
 Example:
 
@@ -74,6 +76,13 @@ def is_local(path: str) -> bool:
     """Whether `path` is on the local filesystem (no `scheme://` prefix, or `file://`)."""
     path = os.fspath(path)
     return "://" not in path or path.startswith("file://")
+
+
+def absolute(path: str) -> str:
+    """`path` as an absolute, normalized local path; a URL (`gs://`, `file://`) as it is,
+    since it names no working directory."""
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
 
 
 def filesystem(path: str):
@@ -148,6 +157,21 @@ def move_tree(source: str, target: str) -> None:
             except _tf().errors.NotFoundError:
                 pass  # listed by prefix only (another entry's name starts with it)
     remove_tree(source)
+
+
+def compression_of(files) -> str:
+    """The TFRecord compression that the names of `files` imply: `"GZIP"` when every
+    one ends in `.gz` (as the converter and TFX ExampleGen write them), else `""`.
+
+    >>> compression_of(["a.tfrecord.gz", "b.gz"]), compression_of(["a.tfrecord"])
+    ('GZIP', '')
+    """
+    return "GZIP" if all(os.fspath(name).endswith(".gz") for name in files) else ""
+
+
+def record_suffix(compression: str) -> str:
+    """The suffix of a TFRecord file of `compression` (`""` or `"GZIP"`)."""
+    return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
 
 
 def write_json(path: str, data) -> None:

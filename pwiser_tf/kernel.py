@@ -41,19 +41,9 @@ import numpy as np
 import tensorflow as tf
 
 from pwiser_tf.errors import InputError
-
-# Defaults of the papers' open constants, chosen by `pwiser-tf sweep` (docs/sweep.md):
-# the best validation CTCVR AUC on the built-in *synthetic* AliExpress-like data (small
-# MMoE, batch 512, the loss BCE(ctr) + BCE(ctcvr) + lambda * PWiseR, PWiseR on pCTR
-# probabilities, anchor normalisation). Tune them on your own data's validation split;
-# under anchor normalisation lambda's strength grows with the batch size
-# (docs/batch_size.md): about lambda / 4 at batch 2048.
-MARGIN_CLICK = 0.1
-MARGIN_NONCLICK = 0.1
-PWISER_WEIGHT = 0.03
-
-NORMALIZATIONS = ("anchor", "pair")
-CONVERSION_WITHOUT_CLICK = ("error", "as_click")
+# The defaults of the papers' open constants and the choices, written once (see there).
+from pwiser_tf.options import MARGIN_CLICK, MARGIN_NONCLICK, NORMALIZATIONS, PWISER_WEIGHT
+from pwiser_tf.options import CONVERSION_WITHOUT_CLICK_IN_LOSS as CONVERSION_WITHOUT_CLICK
 
 
 def _flat(name: str, value) -> tf.Tensor:

@@ -1,43 +1,46 @@
-"""`PWiseRLoss`: BCE on the click label plus lambda times the PWiseR term, as a Keras loss.
+"""The project's losses as Keras losses: `PWiseRLoss` (BCE on the click label plus
+lambda times the PWiseR term) and `BinaryCrossentropy`, and `compose`, the one
+composition of BCE and PWiseR that every path uses.
 
 The convention, the same in every path of the project: lambda (`pwiser_weight`)
 multiplies the PWiseR term, and every BCE term has weight 1. A two-headed model
 compiled with `loss={"ctr": PWiseRLoss(pwiser_weight=lam), "ctcvr": "binary_crossentropy"}`
 trains on BCE(ctr) + BCE(ctcvr) + lam * PWiseR (Keras sums the outputs' losses),
-and so does every model of `pwiser_tf.models` (its task, `CtrCvrTask`, uses this
-class for the PWiseR term): the same lambda means the same strength.
+and so does every model of `pwiser_tf.models`: its task, `CtrCvrTask`, takes a
+`BinaryCrossentropy` and a `PWiseRLoss` and composes their terms with the same
+`compose`, so the same lambda means the same strength.
 
-The class derives from the *active* Keras' `Loss` (`tf.keras.losses.Loss`: Keras 3,
+The classes derive from the *active* Keras' `Loss` (`tf.keras.losses.Loss`: Keras 3,
 or tf-keras under `TF_USE_LEGACY_KERAS=1`), so the same code works in Keras 3
 `model.compile`, in tf-keras `model.compile` and in `tfrs.tasks.Ranking`.
 
 A loss given to `compile` sees one output and one target at a time, so the
-target packs both labels: `y_true[:, 0]` is the click and `y_true[:, 1]` the
-conversion. For a two-headed model, either give PWiseR its own packed target on
-the CTR output (`loss={"ctr": PWiseRLoss(), "ctcvr": "binary_crossentropy"}` with
-`y={"ctr": np.stack([click, conversion], 1), "ctcvr": conversion}`), or call the
-loss in the model's `compute_loss` (as `pwiser_tf.models` does). `PackedAUC` is
-Keras' AUC of one column of the packed target, for a `tfrs.tasks.Ranking` task,
-which gives the same labels to its loss and its metrics.
+target of `PWiseRLoss` packs both labels: `y_true[:, 0]` is the click and
+`y_true[:, 1]` the conversion. For a two-headed model, either give PWiseR its own
+packed target on the CTR output (`loss={"ctr": PWiseRLoss(), "ctcvr":
+"binary_crossentropy"}` with `y={"ctr": np.stack([click, conversion], 1), "ctcvr":
+conversion}`), or call the loss in the model's `compute_loss` (as
+`pwiser_tf.models` does). `PackedAUC` is Keras' AUC of one column of the packed
+target, for a `tfrs.tasks.Ranking` task, which gives the same labels to its loss
+and its metrics.
 
-Reductions: the BCE part is reduced by Keras as usual (`sample_weight`, a scalar
-or one value per row, weights each example). A row whose click is missing (below 0)
-leaves the BCE term, and a mean reduction averages over the labelled rows only: the
-rule of every path (`CtrCvrTask` too), and Keras' own for masked rows. PWiseR is a
-batch-level term: it is computed once per call, with `sample_weight` weighting each
-pair by `w_i * w_j`, and added to the reduced BCE (with `reduction="none"`, to
-every element). Labels other than 0, 1 or missing are refused on every path
+Reductions (Keras' names, of both flavours): the BCE part is reduced as Keras
+does (`sample_weight`, a scalar or one value per row, weights each example). A
+row whose label is missing (below 0) leaves the BCE term, and a mean reduction
+averages over the labelled rows only: the rule of every path (`CtrCvrTask` too),
+and Keras' own for masked rows. PWiseR is a batch-level term: it is computed once
+per call, with `sample_weight` weighting each pair by `w_i * w_j`. It has no
+per-row split, so with `reduction="none"` every row carries it whole: the loss
+returns `[B]` values, `w_i * BCE_i + lambda * PWiseR` (`lambda * PWiseR` alone with
+`bce=False`), whose mean is the loss of the default reduction when every row is
+labelled. Labels other than 0, 1 or missing are refused on every path
 (`pwiser_tf.kernel.check_labels`).
 
-Under a `tf.distribute` strategy the value returned on each replica follows the
-Keras convention of the framework it runs in (Keras 3 returns a replica's share,
-the loss / N; tf-keras' `compile` divides by N itself; `tfrs.Model` sums the
-replicas' gradients as they come), so that one optimizer step and the reported
-loss equal one device on the same global batch. PWiseR's pairs span all
-replicas by default (`pairs="global"`); `tfrs.tasks.Ranking` works under a
-strategy with the default reduction (tf-keras' `Loss` refuses
-`sum_over_batch_size` outside `compile`; this class takes the replica's share
-of the mean instead).
+Under a `tf.distribute` strategy every term is taken over the global batch (the
+BCE sums all-reduced, PWiseR's pairs all-gathered by default, `pairs="global"`)
+and each replica returns its share, the rule of `pwiser_tf.replicas`, so that one
+optimizer step and the reported loss equal one device on the same global batch,
+in Keras 3 and tf-keras `compile` and in `tfrs.tasks.Ranking` alike.
 
 Example:
 
@@ -49,14 +52,16 @@ Example:
 >>> bool(abs(float(loss(y_true, y_pred)) - (bce + 0.02)) < 1e-5)
 True
 """
+from typing import Optional, Sequence, Tuple
+
 import numpy as np
 import tensorflow as tf
 
 from pwiser_tf import kernel
 from pwiser_tf import replicas as replicas_lib
 from pwiser_tf.errors import InputError
+from pwiser_tf.options import NORMALIZATION, PAIRS_DEFAULT, PWISER_SCORES, SCORES, SQUARED
 
-SCORES = ("probability", "logit")
 LABELS = ("click", "conversion")  # the packed target's columns
 _EPSILON = 1e-7
 
@@ -71,6 +76,145 @@ def binary_crossentropy(labels, probabilities):
     """Per-example BCE of probabilities clipped to [1e-7, 1 - 1e-7]."""
     p = tf.clip_by_value(probabilities, _EPSILON, 1.0 - _EPSILON)
     return -(labels * tf.math.log(p) + (1.0 - labels) * tf.math.log1p(-p))
+
+
+def compose(bce_terms: Sequence[Tuple[float, tf.Tensor]], pwiser_weight: float = 0.0,
+            pwiser_term: Optional[tf.Tensor] = None,
+            extra_terms: Sequence[Tuple[float, tf.Tensor]] = (), valid=None,
+            rows: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """sum_h w_h * BCE_h + pwiser_weight * PWiseR + sum_e w_e * extra_e: the loss of
+    every path (`BinaryCrossentropy`, `PWiseRLoss`, `CtrCvrTask`).
+
+    Args:
+      bce_terms, extra_terms: `(weight, term)` pairs.
+      pwiser_weight, pwiser_term: lambda and the PWiseR term (skipped at 0).
+      valid: whether every label is 0, 1 or missing (`kernel.check_labels`): the
+        loss is NaN otherwise, as XLA drops the labels' assertion.
+      rows: for `reduction="none"`, a `[B]` tensor of the batch: the loss is then
+        per row (a scalar term goes to every row) and returned as it is.
+
+    Returns:
+      Reduced (`rows=None`), the terms are values of the global batch and the
+      loss is this replica's share of their sum (`replicas.share`, the identity on
+      one device); a model's own terms (`extra_terms`) may be the replica's means,
+      whose shares then average them.
+    """
+    terms = list(bce_terms) + ([(pwiser_weight, pwiser_term)] if pwiser_weight else [])
+    total = tf.zeros([], tf.float32) if rows is None else tf.zeros_like(rows, tf.float32)
+    for weight, term in terms + list(extra_terms):
+        total += weight * tf.cast(term, tf.float32)
+    if rows is None:
+        total = replicas_lib.share(total)
+    return total if valid is None else tf.where(valid, total, np.nan)
+
+
+def split_packed(y_true, y_pred, owner: str = "PWiseRLoss"):
+    """`(click, conversion, scores)` from a packed `[B, 2]` target and `[B]` or
+    `[B, 1]` predictions, all float32 `[B]`; bad shapes name `owner`."""
+    y_true = tf.convert_to_tensor(y_true)
+    y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
+    if y_true.shape.rank != 2 or (y_true.shape[1] is not None and y_true.shape[1] != 2):
+        raise InputError(f"{owner}: y_true must be [B, 2] = (click, conversion), "
+                         f"got shape {y_true.shape}")
+    if y_pred.shape.rank == 2 and y_pred.shape[1] == 1:
+        y_pred = y_pred[:, 0]
+    elif y_pred.shape.rank != 1:
+        raise InputError(f"{owner}: y_pred must be [B] or [B, 1], got {y_pred.shape}")
+    rows = (y_true.shape[0], y_pred.shape[0])
+    message = (f"{owner}: y_true and y_pred must have the same rows (y_true [B, 2], "
+               f"y_pred [B] or [B, 1])")
+    if None not in rows and rows[0] != rows[1]:
+        raise InputError(f"{message}; got y_true {y_true.shape} and y_pred "
+                         f"{y_pred.shape[0]} rows")
+    if None in rows:
+        same = tf.debugging.assert_equal(tf.shape(y_true)[0], tf.shape(y_pred)[0],
+                                         message=message)
+        with tf.control_dependencies([same]):  # before any op that would mix them
+            y_true, y_pred = tf.identity(y_true), tf.identity(y_pred)
+    y_true = tf.cast(y_true, tf.float32)
+    return y_true[:, 0], y_true[:, 1], y_pred
+
+
+def row_weights(sample_weight, rows, owner: str = "PWiseRLoss"):
+    """`sample_weight` as `[B]` float32 (a scalar or `[B, 1]` too, as in Keras)."""
+    if sample_weight is None:
+        return None
+    weight = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
+    if weight.shape.rank == 0:
+        return tf.fill(tf.shape(rows), weight)
+    weight = tf.reshape(weight, [-1])
+    if weight.shape[0] is not None and rows.shape[0] is not None \
+            and weight.shape[0] != rows.shape[0]:
+        raise InputError(f"{owner}: sample_weight must be a scalar or have one value "
+                         f"per row ({rows.shape[0]}), got shape {sample_weight.shape}")
+    return weight
+
+
+def _rows(value) -> tf.Tensor:
+    """A `[B]` or `[B, 1]` tensor as float32 `[B]`."""
+    value = tf.cast(tf.convert_to_tensor(value), tf.float32)
+    return tf.reshape(value, [-1]) if value.shape.rank == 2 else value
+
+
+@tf.keras.utils.register_keras_serializable(package="pwiser_tf")
+class BinaryCrossentropy(tf.keras.losses.Loss):
+    """BCE of `[B]` (or `[B, 1]`) predictions on a label in {0, 1}; a label below 0
+    is missing: its row leaves the term, and a mean counts the labelled rows only.
+
+    Probabilities are clipped to [1e-7, 1 - 1e-7]. Under a `tf.distribute`
+    strategy the reduction is over the global batch and each replica returns its
+    share (`pwiser_tf.replicas`). `CtrCvrTask` takes one for its BCE terms.
+
+    Args:
+      from_logits: whether `y_pred` holds logits instead of probabilities.
+      reduction: Keras' reduction of the rows (see `pwiser_tf.replicas`); the
+        attribute `reduction` holds what is declared to Keras, `batch_reduction`
+        this one.
+      name: the loss name.
+
+    Example:
+
+    >>> loss = BinaryCrossentropy()
+    >>> round(float(loss([1., 0., -1.], [0.8, 0.4, 0.9])), 4)  # the 3rd is missing
+    0.367
+    """
+
+    def __init__(self, from_logits: bool = False, reduction: str = "sum_over_batch_size",
+                 name: str = "binary_crossentropy"):
+        self.batch_reduction = replicas_lib.check_reduction(reduction, type(self).__name__)
+        super().__init__(reduction=replicas_lib.declared_reduction(self.batch_reduction),
+                         name=name)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        """Per-row BCE, 0 where the label is missing."""
+        labels, scores = _rows(y_true), _rows(y_pred)
+        target = tf.maximum(labels, 0.0)
+        if self.from_logits:
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=scores)
+        else:
+            bce = binary_crossentropy(target, scores)
+        return tf.where(labels >= 0, bce, 0.0)
+
+    def term(self, y_true, y_pred, sample_weight=None):
+        """The BCE of the global batch, reduced by `batch_reduction` (with `"none"`,
+        this replica's weighted rows); `sample_weight` as `[B]` or None."""
+        labelled = tf.cast(_rows(y_true) >= 0, tf.float32)
+        return replicas_lib.reduce_rows(self.call(y_true, y_pred), labelled,
+                                        self.batch_reduction, sample_weight)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        labels = _rows(y_true)
+        valid = kernel.check_labels(labels, tf.zeros_like(labels), where=self.name)
+        weight = row_weights(sample_weight, labels, owner=type(self).__name__)
+        return compose([(1.0, self.term(labels, y_pred, weight))], valid=valid,
+                       rows=labels if self.batch_reduction == "none" else None)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(reduction=self.batch_reduction, from_logits=self.from_logits)
+        config.pop("dtype", None)  # Keras 3 adds it; the loss always computes in float32
+        return config
 
 
 @tf.keras.utils.register_keras_serializable(package="pwiser_tf")
@@ -97,18 +241,22 @@ class PWiseRLoss(tf.keras.losses.Loss):
         terms: with `normalization="anchor"`, N replicas then act like
         `pwiser_weight / N`; with `"pair"`, like about `pwiser_weight`. No effect
         on one device. See `pwiser_tf.replicas`.
-      reduction: Keras reduction of the BCE part.
+      reduction: Keras' reduction of the BCE part (see the module docstring for
+        `"none"`); the attribute `reduction` holds what is declared to Keras
+        (`pwiser_tf.replicas`), `batch_reduction` this one.
       name: the loss name.
     """
 
     def __init__(self, pwiser_weight: float = kernel.PWISER_WEIGHT,
                  margin_click: float = kernel.MARGIN_CLICK,
-                 margin_nonclick: float = kernel.MARGIN_NONCLICK, squared: bool = True,
-                 normalization: str = "anchor", from_logits: bool = False,
-                 pwiser_scores: str = "probability", bce: bool = True,
-                 conversion_without_click: str = "error", pairs: str = "global",
+                 margin_nonclick: float = kernel.MARGIN_NONCLICK, squared: bool = SQUARED,
+                 normalization: str = NORMALIZATION, from_logits: bool = False,
+                 pwiser_scores: str = PWISER_SCORES, bce: bool = True,
+                 conversion_without_click: str = "error", pairs: str = PAIRS_DEFAULT,
                  reduction: str = "sum_over_batch_size", name: str = "pwiser_loss"):
-        super().__init__(reduction=reduction, name=name)
+        self.batch_reduction = replicas_lib.check_reduction(reduction, "PWiseRLoss")
+        super().__init__(reduction=replicas_lib.declared_reduction(self.batch_reduction),
+                         name=name)
         if pwiser_scores not in SCORES:
             raise InputError(f"pwiser_scores must be one of {SCORES}, got {pwiser_scores!r}")
         kernel.check_settings(pwiser_weight=pwiser_weight, margin_click=margin_click,
@@ -121,107 +269,39 @@ class PWiseRLoss(tf.keras.losses.Loss):
         self.bce = bool(bce)
         self.conversion_without_click = conversion_without_click
         self.pairs = replicas_lib.check_pairs(pairs)
-
-    @staticmethod
-    def _split(y_true, y_pred, owner: str = "PWiseRLoss"):
-        y_true = tf.convert_to_tensor(y_true)
-        y_pred = tf.cast(tf.convert_to_tensor(y_pred), tf.float32)
-        if y_true.shape.rank != 2 or (y_true.shape[1] is not None and y_true.shape[1] != 2):
-            raise InputError(f"{owner}: y_true must be [B, 2] = (click, conversion), "
-                             f"got shape {y_true.shape}")
-        if y_pred.shape.rank == 2 and y_pred.shape[1] == 1:
-            y_pred = y_pred[:, 0]
-        elif y_pred.shape.rank != 1:
-            raise InputError(f"{owner}: y_pred must be [B] or [B, 1], got {y_pred.shape}")
-        rows = (y_true.shape[0], y_pred.shape[0])
-        message = (f"{owner}: y_true and y_pred must have the same rows (y_true [B, 2], "
-                   f"y_pred [B] or [B, 1])")
-        if None not in rows and rows[0] != rows[1]:
-            raise InputError(f"{message}; got y_true {y_true.shape} and y_pred "
-                             f"{y_pred.shape[0]} rows")
-        if None in rows:
-            same = tf.debugging.assert_equal(tf.shape(y_true)[0], tf.shape(y_pred)[0],
-                                             message=message)
-            with tf.control_dependencies([same]):  # before any op that would mix them
-                y_true, y_pred = tf.identity(y_true), tf.identity(y_pred)
-        y_true = tf.cast(y_true, tf.float32)
-        return y_true[:, 0], y_true[:, 1], y_pred
-
-    @staticmethod
-    def _row_weights(sample_weight, rows, owner: str = "PWiseRLoss"):
-        """`sample_weight` as `[B]` float32 (a scalar or `[B, 1]` too, as in Keras)."""
-        if sample_weight is None:
-            return None
-        weight = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
-        if weight.shape.rank == 0:
-            return tf.fill(tf.shape(rows), weight)
-        weight = tf.reshape(weight, [-1])
-        if weight.shape[0] is not None and rows.shape[0] is not None \
-                and weight.shape[0] != rows.shape[0]:
-            raise InputError(f"{owner}: sample_weight must be a scalar or have one value "
-                             f"per row ({rows.shape[0]}), got shape {sample_weight.shape}")
-        return weight
+        self.click_bce = BinaryCrossentropy(from_logits, self.batch_reduction, f"{name}_bce")
 
     def call(self, y_true, y_pred):
         """Per-example BCE on the click label (0 where the click is missing;
         NaN everywhere if a label is not 0, 1 or missing, see `kernel.check_labels`)."""
-        click, conversion, y_pred = self._split(y_true, y_pred)
+        click, conversion, y_pred = split_packed(y_true, y_pred)
         valid = kernel.check_labels(click, conversion, where=self.name)
-        target = tf.maximum(click, 0.0)
-        if self.from_logits:
-            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=y_pred)
-        else:
-            bce = binary_crossentropy(target, y_pred)
-        return tf.where(valid, tf.where(click >= 0, bce, 0.0), np.nan)
-
-    def _bce_weights(self, click, sample_weight):
-        """The weights that make Keras' reduction a mean over the labelled rows, the
-        rule of every path (as Keras' own masking): missing rows weigh 0, and a
-        mean reduction is rescaled from all rows to the labelled ones, over the
-        global batch under a strategy."""
-        labelled = tf.cast(click >= 0, tf.float32)
-        weight = labelled if sample_weight is None else labelled * sample_weight
-        if not self._reduces_to_mean():
-            return weight
-        counts = replicas_lib.global_sum(tf.stack([tf.cast(tf.size(click), tf.float32),
-                                                   tf.reduce_sum(labelled)]))
-        return weight * tf.math.divide_no_nan(counts[0], counts[1])
+        return tf.where(valid, self.click_bce.call(click, y_pred), np.nan)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        replicas = replicas_lib.num_replicas()
-        click, _, _ = self._split(y_true, y_pred)
-        sample_weight = self._row_weights(sample_weight, click)
-        if not self.bce:
-            total = tf.zeros([], tf.float32)
-        else:
-            weight = self._bce_weights(click, sample_weight)
-            if replicas > 1 and self._keras_refuses_mean():
-                # tf-keras refuses `sum_over_batch_size` outside `compile` under a
-                # strategy (e.g. in `tfrs.tasks.Ranking`): this replica's share.
-                values = self.call(y_true, y_pred) * weight
-                total = replicas_lib.share(tf.math.divide_no_nan(
-                    tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)))
-            else:
-                total = super().__call__(y_true, y_pred, sample_weight=weight)
-        if not self.pwiser_weight:
-            return total
-        term = self.pwiser_term(y_true, y_pred, sample_weight=sample_weight)
-        if replicas > 1 and not self._framework_scales():
-            term = replicas_lib.share(term)
-        return tf.cast(total, tf.float32) + self.pwiser_weight * term
+        click, conversion, scores = split_packed(y_true, y_pred)
+        weight = row_weights(sample_weight, click)
+        valid = kernel.check_labels(click, conversion, where=self.name)
+        bce = [(1.0, self.click_bce.term(click, scores, weight))] if self.bce else []
+        term = (self._pwiser(click, conversion, scores, weight) if self.pwiser_weight
+                else None)
+        return compose(bce, self.pwiser_weight, term, valid=valid,
+                       rows=click if self.batch_reduction == "none" else None)
 
     def pwiser_term(self, y_true, y_pred, sample_weight=None):
         """The PWiseR term alone, unweighted by `pwiser_weight`, on the scores
         `pwiser_scores` names (`CtrCvrTask` adds it to its BCE terms), over the
         rows that `pairs` names: all replicas' or this replica's."""
-        click, conversion, y_pred = self._split(y_true, y_pred)
+        click, conversion, scores = split_packed(y_true, y_pred)
+        return self._pwiser(click, conversion, scores, row_weights(sample_weight, click))
+
+    def _pwiser(self, click, conversion, y_pred, sample_weight):
         scores = y_pred
         if self.from_logits and self.pwiser_scores == "probability":
             scores = tf.sigmoid(y_pred)
         elif not self.from_logits and self.pwiser_scores == "logit":
             scores = logit(y_pred)
         rows = [scores, click, conversion]
-        sample_weight = self._row_weights(sample_weight, click)
         if sample_weight is not None:
             rows.append(sample_weight)
         rows = replicas_lib.gather(rows, self.pairs)
@@ -231,25 +311,6 @@ class PWiseRLoss(tf.keras.losses.Loss):
                              sample_weight=rows[3] if len(rows) > 3 else None,
                              conversion_without_click=self.conversion_without_click)
 
-    def _reduces_to_mean(self) -> bool:
-        return self.reduction in ("auto", "sum_over_batch_size", "mean",
-                                  "mean_with_sample_weight")
-
-    def _keras_refuses_mean(self) -> bool:
-        # tf-keras' `Loss` has `_allow_sum_over_batch_size`, set by `compile`.
-        return (self._reduces_to_mean()
-                and getattr(self, "_allow_sum_over_batch_size", True) is False)
-
-    def _framework_scales(self) -> bool:
-        """Whether whoever reduces this value divides it by the replicas afterwards:
-        tf-keras' `compile` does for a mean reduction; with `reduction="none"` the
-        term is added to every element, and a reduction over the global batch
-        (`tf.nn.compute_average_loss`) takes this replica's share."""
-        if self.reduction in (None, "none"):
-            return True
-        return (self._reduces_to_mean()
-                and getattr(self, "_allow_sum_over_batch_size", False) is True)
-
     def get_config(self):
         config = super().get_config()
         config.update({
@@ -258,7 +319,7 @@ class PWiseRLoss(tf.keras.losses.Loss):
             "normalization": self.normalization, "from_logits": self.from_logits,
             "pwiser_scores": self.pwiser_scores, "bce": self.bce,
             "conversion_without_click": self.conversion_without_click,
-            "pairs": self.pairs,
+            "pairs": self.pairs, "reduction": self.batch_reduction,
         })
         config.pop("dtype", None)  # Keras 3 adds it; the loss always computes in float32
         return config
@@ -293,10 +354,10 @@ class PackedAUC(tf.keras.metrics.AUC):
         self.label = label
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = PWiseRLoss._split(y_true, y_pred, owner="PackedAUC")
+        labels = split_packed(y_true, y_pred, owner="PackedAUC")
         target, scores = labels[LABELS.index(self.label)], labels[2]
         weight = tf.cast(target >= 0, tf.float32)
-        sample_weight = PWiseRLoss._row_weights(sample_weight, target, owner="PackedAUC")
+        sample_weight = row_weights(sample_weight, target, owner="PackedAUC")
         if sample_weight is not None:
             weight *= sample_weight
         return super().update_state(tf.maximum(target, 0.0), scores, sample_weight=weight)
@@ -307,4 +368,5 @@ class PackedAUC(tf.keras.metrics.AUC):
         return config
 
 
-__all__ = ["PWiseRLoss", "PackedAUC", "binary_crossentropy", "logit"]
+__all__ = ["PWiseRLoss", "BinaryCrossentropy", "PackedAUC", "compose", "binary_crossentropy",
+           "logit", "split_packed", "row_weights"]

@@ -1,4 +1,5 @@
-"""Batch-level terms under `tf.distribute`: over the global batch or per replica.
+"""Losses under `tf.distribute`: batch-level terms, reductions over the global
+batch, and the one rule for what a replica returns.
 
 Under a strategy with N replicas in sync, each replica holds 1/N of the global
 batch. A per-example loss only needs its mean, but PWiseR's pairs (and AdaFTR's
@@ -14,10 +15,25 @@ in-batch negatives) join rows of one batch, so where the rows come from matters:
   normalization each anchor group shrinks with the batch, so N replicas act
   like lambda / N on one device; with `pair` the strength stays about lambda.
 
-The value a replica returns to an optimizer that sums the replicas' gradients
-is its *share*, `term / N`: the shares sum to the term and their gradients to
-its gradient (`share`). Outside a replica of such a strategy (one device, the
-default strategy, cross-replica context), everything here is the identity.
+What a replica returns. Every framework the project runs in sums the replicas'
+gradients (the optimizers of Keras 3 and tf-keras all-reduce them with SUM, under
+`compile` as under `tfrs.Model` with its `tfrs.tasks.Ranking`), and reports the
+replicas' losses summed (tf-keras' `fit`) or scaled back by N and averaged
+(Keras 3's `fit`). So a loss computes its value over the global batch (`reduce_rows`,
+`gather`) and returns its replica's *share*, `value / N` (`share`): the shares
+sum to the value and their gradients to its gradient. Keras 3's own `Loss` does
+the same for its mean reductions (it multiplies by 1/N itself), and its
+`compile` adds nothing. One consumer rescales a loss's value afterwards:
+tf-keras' `compile` divides it by N when the loss's public `reduction` is `auto`
+or `sum_over_batch_size` (and tf-keras' `Loss` refuses those two under a
+strategy anywhere else, e.g. in `tfrs.tasks.Ranking`); a loss declaring `sum`
+it takes as it comes. So the project's losses declare `sum` to tf-keras for
+every reduced value (`declared_reduction`) and keep the reduction they were
+given for their own use. With `reduction="none"` a loss returns per-row values
+unscaled: whoever reduces them over the global batch (for example
+`tf.nn.compute_average_loss` with the global batch size) takes the share.
+Outside a replica of such a strategy (one device, the default strategy,
+cross-replica context), everything here is the identity.
 
 Example:
 
@@ -27,6 +43,8 @@ Example:
 >>> scores, labels = gather([tf.constant([0.3, 0.7]), tf.constant([1., 0.])])
 >>> scores.numpy().tolist()
 [0.30000001192092896, 0.699999988079071]
+>>> float(reduce_rows(tf.constant([1., 3., 5.]), tf.constant([1., 1., 0.]), "mean"))
+2.0
 """
 from typing import List, Optional, Sequence
 
@@ -34,14 +52,24 @@ import numpy as np
 import tensorflow as tf
 
 from pwiser_tf.errors import InputError
+from pwiser_tf.options import PAIRS  # the choices, written once without TensorFlow
 
-PAIRS = ("global", "replica")
+# Keras' reductions, of both flavours ("auto" is tf-keras' name for the mean).
+REDUCTIONS = ("sum_over_batch_size", "auto", "mean", "mean_with_sample_weight", "sum",
+              "none", None)
 
 
 def check_pairs(pairs: str) -> str:
     if pairs not in PAIRS:
         raise InputError(f"pairs must be one of {PAIRS}, got {pairs!r}")
     return pairs
+
+
+def check_reduction(reduction, owner: str) -> str:
+    """`reduction` as the project names it (None is "none"), or `InputError`."""
+    if reduction not in REDUCTIONS:
+        raise InputError(f"{owner}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return "none" if reduction is None else reduction
 
 
 def replica_context() -> Optional[tf.distribute.ReplicaContext]:
@@ -91,5 +119,43 @@ def share(value: tf.Tensor) -> tf.Tensor:
     return value if replicas == 1 else value * (1.0 / replicas)
 
 
-__all__ = ["PAIRS", "check_pairs", "replica_context", "num_replicas", "gather",
-           "global_sum", "share"]
+def reduce_rows(values: tf.Tensor, labelled: tf.Tensor, reduction: str,
+                sample_weight: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Keras' `reduction` of the per-row `values` over the global batch.
+
+    `labelled` (1 or 0 per row) says which rows the term has: the others (a
+    missing label) leave it, and the means count the labelled rows only, the
+    rule of Keras' own masking. `sample_weight` (`[B]`) weighs each row:
+    `sum_over_batch_size` (`auto`, `mean`) divides the weighted sum by the
+    number of labelled rows, as Keras by the number of rows, and
+    `mean_with_sample_weight` by their weight. A reduced value is the same on
+    every replica (its gradient reaches every replica's rows); `"none"` gives
+    this replica's weighted rows.
+    """
+    weights = labelled if sample_weight is None else labelled * sample_weight
+    weighted = values * weights
+    if reduction in (None, "none"):
+        return weighted
+    if reduction == "sum":
+        return global_sum(tf.reduce_sum(weighted))
+    divisor = weights if reduction == "mean_with_sample_weight" else labelled
+    sums = global_sum(tf.stack([tf.reduce_sum(weighted), tf.reduce_sum(divisor)]))
+    return tf.math.divide_no_nan(sums[0], sums[1])
+
+
+def declared_reduction(reduction: str) -> str:
+    """The `reduction` a loss that returns its share declares to Keras (see
+    above): `sum` to tf-keras for any reduced value, so that its `compile` does
+    not divide the share by N again; Keras 3 reads a loss's reduction only in
+    its own `Loss.__call__`, so the loss keeps its own (`auto` under the Keras 3
+    name)."""
+    if reduction in (None, "none"):
+        return "none"
+    if tf.keras.Model.__module__.split(".")[0] == "tf_keras":
+        return "sum"
+    return "sum_over_batch_size" if reduction == "auto" else reduction
+
+
+__all__ = ["PAIRS", "REDUCTIONS", "check_pairs", "check_reduction", "replica_context",
+           "num_replicas", "gather", "global_sum", "share", "reduce_rows",
+           "declared_reduction"]

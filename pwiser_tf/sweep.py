@@ -1,10 +1,11 @@
 """Sweeping PWiseR's settings on one dataset, axis by axis around a centre.
 
 The design is coordinate ascent, so the grid can be wide without being a full
-product: it starts from `sweep.centre` and sweeps one axis at a time, in the
-order of `sweep.axes`, with the other settings at the best point found so far;
-after each axis the best point (highest mean of `sweep.select` over the seeds)
-becomes the new centre. The axes:
+product: it starts from `sweep.centre` (by default PWiseR's defaults) and sweeps
+one axis at a time, in the order of `sweep.axes`, with the other settings at the
+best point found so far; after each axis the best point (highest mean of
+`sweep.select` over the seeds) becomes the new centre. The axes are the fields of
+`pwiser_tf.config.SweepCentre`, their values checked as the centre's:
 
     margin          margin_click = margin_nonclick
     pwiser_head     ctr, ctcvr or cvr
@@ -23,7 +24,7 @@ CTCVR and intent AUC, mean and 95% confidence band over the seeds, at the chosen
 other settings.
 """
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -34,10 +35,7 @@ from pwiser_tf.report import paired, save_figure, summarize, t_quantile
 
 SHOWN = ("ctcvr_auc", "ctr_auc", "cvr_auc", "intent_auc", "s3_s2_auc")
 PLOTTED = (("ctr_auc", "CTR AUC"), ("ctcvr_auc", "CTCVR AUC"), ("intent_auc", "intent AUC"))
-AXES = ("margin", "pwiser_head", "pwiser_scores", "normalization", "pwiser_weight")
 NUMERIC = ("margin", "pwiser_weight")
-CENTRE = {"pwiser_weight": 1.0, "margin": 0.1, "pwiser_head": "ctr",
-          "pwiser_scores": "probability", "normalization": "anchor"}
 FIGURE = "sweep_lambda.png"
 
 
@@ -57,24 +55,14 @@ def overrides(point: dict) -> dict:
                        "normalization": point["normalization"]}}
 
 
-def design(config: dict) -> Tuple[dict, List[Tuple[str, list]]]:
-    """The centre and the ordered axes `[(axis, values)]` of the configuration."""
-    sweep = config.get("sweep") or {}
-    centre = dict(CENTRE, **(sweep.get("centre") or {}))
-    axes = sweep.get("axes") or {}
-    if not isinstance(axes, dict) or not axes:
+def design(config: Union[config_lib.Config, dict]) -> Tuple[dict, List[Tuple[str, list]]]:
+    """The centre (a point) and the ordered axes `[(axis, values)]` of the configuration
+    (`config_lib.SweepSettings`: its centre's defaults are PWiseR's)."""
+    sweep = config_lib.validate(config).sweep or config_lib.SweepSettings()
+    if not sweep.axes:
         raise InputError("sweep needs sweep.axes: a mapping of axis -> list of values "
-                         f"(axes: {', '.join(AXES)})")
-    ordered = []
-    for axis, values in axes.items():
-        if axis not in AXES:
-            raise InputError(f"sweep.axes: unknown axis {axis!r}; choose from {', '.join(AXES)}")
-        if not isinstance(values, list) or not values:
-            raise InputError(f"sweep.axes.{axis}: expected a non-empty list of values")
-        if axis in NUMERIC:
-            values = [float(v) for v in values]
-        ordered.append((axis, values))
-    return centre, ordered
+                         f"(axes: {', '.join(config_lib.AXES)})")
+    return sweep.centre.model_dump(), list(sweep.axes.items())
 
 
 def select(rows: List[dict], metric: str) -> Tuple[str, float]:
@@ -91,8 +79,9 @@ def select(rows: List[dict], metric: str) -> Tuple[str, float]:
     return name, best
 
 
-def run_sweep(config: dict, output_dir: str, progress: bool = True, strategy=None,
-              virtual_devices: Optional[int] = None, overwrite: bool = False) -> str:
+def run_sweep(config: Union[config_lib.Config, dict], output_dir: str, progress: bool = True,
+              strategy=None, virtual_devices: Optional[int] = None,
+              overwrite: bool = False) -> str:
     """Runs the sweep; writes sweep.csv, sweep.md and the figure; returns the markdown.
 
     `strategy`, `virtual_devices`, `overwrite`: as in `experiment.run_experiment`;
@@ -103,12 +92,12 @@ def run_sweep(config: dict, output_dir: str, progress: bool = True, strategy=Non
     from pwiser_tf import distribute
 
     config = config_lib.validate(config)
-    if not config.get("datasets"):
-        raise InputError("the configuration lists no datasets")
-    metric = (config.get("sweep") or {}).get("select", "ctcvr_auc")
+    for key in ("datasets", "seeds"):
+        if not getattr(config, key):
+            raise InputError(f"the configuration lists no {key}")
     centre, axes = design(config)
-    model = (config.get("sweep") or {}).get("model", "mmoe")
-    seeds = [int(s) for s in config.get("seeds", [0])]
+    sweep = config.sweep  # design() refuses a configuration without axes
+    metric, model, seeds = sweep.select, sweep.model, config.seeds
     strategy = distribute.resolve_strategy(strategy, virtual_devices)  # before any op
     with distribute.worker_directory(output_dir, strategy) as write_dir, \
             fileio.removed_if_refused(write_dir) as new:
@@ -124,7 +113,7 @@ def _sweep(config, output_dir, write_dir, new, progress, strategy, metric, centr
 
     fileio.make_dirs(write_dir)
     with fileio.exclusive_lock(write_dir, "sweep directory"):
-        name, spec = next(iter(config["datasets"].items()))
+        name, spec = next(iter(config.datasets.items()))
 
         def run_checked(cells):
             experiment.check_cells(cells, datasets, config, output_dir, "validation",

@@ -1,16 +1,22 @@
-"""Test session setup (the Keras flavour is chosen in the repository's conftest.py).
+"""Test session setup.
 
-The models need tf-keras, so this session runs with `TF_USE_LEGACY_KERAS=1`; the
-tests under `tests/keras3/` need Keras 3 and run in their own process, started by
-`tests/test_keras3_mode.py`.
-The tf-keras tests on virtual CPU devices (`tests/distributed/`) run in their own
-process too, started by `tests/test_distributed_pwiser.py`.
+The Keras flavour is fixed when TensorFlow first loads Keras, so it is set here,
+before any test module is imported. The models need tf-keras (TFRS is Keras 2), so
+the session runs with `TF_USE_LEGACY_KERAS=1`; the tests under `tests/keras3/` need
+Keras 3 and run in their own process, started by `tests/test_keras3_mode.py` with
+`PWISER_TEST_KERAS3=1`. The tf-keras tests on virtual CPU devices
+(`tests/distributed/`) run in their own process too, started by
+`tests/test_distributed_pwiser.py`.
+
+Tiers: tests that start a subprocess or train a run are marked `slow`;
+`pytest -m "not slow"` is the quick loop, `pytest` runs everything.
 """
-import importlib.util
 import os
 import sys
 
 KERAS3 = os.environ.get("PWISER_TEST_KERAS3") == "1"
+os.environ["TF_USE_LEGACY_KERAS"] = "0" if KERAS3 else "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # In the tf-keras session the Keras 3 tests are run by a subprocess, not collected;
 # so are the tests on virtual devices (`tests/distributed/`), which must split the
@@ -18,12 +24,6 @@ KERAS3 = os.environ.get("PWISER_TEST_KERAS3") == "1"
 collect_ignore = [] if KERAS3 else ["keras3"]
 if os.environ.get("PWISER_TEST_DISTRIBUTED") != "1":
     collect_ignore.append("distributed")
-# tests/tfx_example/ builds the TFX pipeline of examples/tfx_pipeline.py: it needs TFX, whose
-# ml-metadata wheels need glibc >= 2.39, so it is collected only where TFX imports
-# (the README says so). Everything that pipeline runs of pwiser-tf (run_fn, the
-# serving signatures, its Evaluator configuration) is tested without TFX.
-if importlib.util.find_spec("tfx") is None:
-    collect_ignore.append("tfx_example")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small real samples shipped with the tests (see tests/data/README.md).

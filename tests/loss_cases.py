@@ -39,6 +39,26 @@ def check_value_is_bce_plus_weighted_pwiser():
     np.testing.assert_allclose(float(from_logits(y, logits)), bce + 0.7 * term, rtol=1e-4)
 
 
+def check_reduction_none_gives_rows():
+    """`reduction="none"`: `[B]` values, each row carrying the batch-level PWiseR
+    term whole, so that their mean is the reduced loss (every row labelled)."""
+    _, y = toy_data(64)
+    p = np.random.default_rng(2).uniform(0.05, 0.95, 64).astype("float32")
+    options = dict(pwiser_weight=0.7, margin_click=0.2, margin_nonclick=0.1)
+    term = 0.7 * float(pwiser(p, y[:, 0], y[:, 1], margin_click=0.2, margin_nonclick=0.1))
+    only = PWiseRLoss(bce=False, reduction="none", **options)(y, p).numpy()
+    assert only.shape == (64,)
+    np.testing.assert_allclose(only, term, rtol=1e-6)
+    rows = PWiseRLoss(reduction="none", **options)(y, p[:, None]).numpy()
+    bce = -(y[:, 0] * np.log(p) + (1 - y[:, 0]) * np.log(1 - p))
+    np.testing.assert_allclose(rows, bce + term, rtol=1e-5)
+    np.testing.assert_allclose(rows.mean(), float(PWiseRLoss(**options)(y, p)), rtol=1e-5)
+    weights = np.linspace(0.0, 2.0, 64).astype("float32")
+    weighted = PWiseRLoss(bce=False, reduction="none", **options)(y, p, sample_weight=weights)
+    np.testing.assert_allclose(weighted.numpy(), float(
+        PWiseRLoss(bce=False, **options)(y, p, sample_weight=weights)), rtol=1e-6)
+
+
 def check_compile_fit_save_reload(tmp_path):
     x, y = toy_data()
     model = small_model()

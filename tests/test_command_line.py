@@ -28,6 +28,7 @@ def one_line(err: str, *needles):
     return lines[0]
 
 
+@pytest.mark.slow  # four subprocesses
 def test_quiet_by_default_version_and_python_m():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = run("evaluate", "--model-dir", "/nonexistent", "--data", "/nonexistent", env=env)

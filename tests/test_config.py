@@ -43,24 +43,24 @@ def test_bad_override_and_missing_file():
 
 
 def test_own_data_or_config_start_from_the_reference_settings(tmp_path):
-    import argparse
-
+    from pwiser_tf import cli
     from pwiser_tf.commands import resolve_config
 
-    def args(**kw):
-        return argparse.Namespace(**{"config": None, "data": None, "set": [], **kw})
+    def args(command, *argv):
+        argv = [command, *argv, "--output", "o"]
+        return cli.build_parser(argv).parse_args(argv)
 
-    builtin = resolve_config(args(), "default", {})
-    assert builtin["datasets"]["synthetic"]["synth"]["dataset"] == "aliexpress"
-    assert builtin["model"]["embedding_dim"] == 8  # the small built-in networks
+    builtin = resolve_config(args("experiment"), "default")
+    assert builtin.datasets["synthetic"].synth.dataset == "aliexpress"
+    assert builtin.model["embedding_dim"] == 8  # the small built-in networks
     path = tmp_path / "paper.yaml"
     path.write_text("models: [mmoe]\nmodel: {}\n")
-    for own in (args(config=str(path)), args(data=["d"])):
-        config = resolve_config(own, "default", {"train.epochs": 3})
-        assert config["model"] == {} and config["model_options"] == {}
-        assert config["train"]["learning_rate"] == 1e-3 and config["train"]["epochs"] == 3
-    sweep = resolve_config(args(data="d"), "sweep", {})
-    assert sweep["sweep"]["model"] == "mmoe" and sweep["model"] == {}
+    for own in (["--config", str(path)], ["--data", "d"]):
+        config = resolve_config(args("experiment", *own, "--epochs", "3"), "default")
+        assert config.model == {} and config.model_options == {}
+        assert config.train.learning_rate == 1e-3 and config.train.epochs == 3
+    sweep = resolve_config(args("sweep", "--data", "d"), "sweep")
+    assert sweep.sweep.model == "mmoe" and sweep.model == {}
 
 
 @pytest.mark.parametrize("assignment, message", [
@@ -86,12 +86,15 @@ def test_configs_are_validated(assignment, message):
 
 
 def test_every_packaged_config_is_valid_and_values_are_coerced():
-    for name in ("base", "default", "paper", "sweep"):
-        assert config.validate(config.packaged(name)) == config.packaged(name)
+    for name in ("base", "default", "paper", "sweep", "adaftr_ablation"):
+        typed = config.validate(config.packaged(name))
+        # Every value given is kept, and the written form reads back as the same settings.
+        assert config.merge(typed.to_dict(), config.packaged(name)) == typed.to_dict()
+        assert config.validate(typed.to_dict()) == typed
     cfg = config.resolve(config.packaged("base"), overrides=["train.learning_rate=1e-3"])
     assert cfg["train"]["learning_rate"] == "1e-3"  # YAML 1.1 reads this as a string
-    assert config.validate(cfg)["train"]["learning_rate"] == 0.001
-    assert config.train_settings({"train": {"epochs": 3}}) == {
+    assert config.validate(cfg).train.learning_rate == 0.001
+    assert config.validate({"train": {"epochs": 3}}).train.model_dump() == {
         "epochs": 3, "batch_size": 2048, "patience": 2, "learning_rate": 1e-3,
         "weight_decay": 1e-6, "mixed_precision": "off", "jit_compile": None,
         "multi_valued_length": 64}

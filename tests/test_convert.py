@@ -137,7 +137,7 @@ def test_ali_ccp_raw_round_trip_with_values(tmp_path):
     sk, cf = _ccp_files(tmp_path)
     out = str(tmp_path / "raw")
     assert cli.main(["convert", "--format", "ali-ccp-raw", "--no-progress", "--output", out,
-                     "--input", sk, cf, "--conversions-without-click", "click"]) == 0
+                     "--input", sk, cf, "--conversion-without-click", "as_click"]) == 0
     metadata = Metadata.load(out)
     assert [f.key for f in metadata.schema.multi_valued] == [
         "mv_210", "mv_109_14", "mv_110_14", "mv_127_14", "mv_150_14"]
@@ -247,6 +247,7 @@ def test_crash_inside_a_split_and_leftovers_of_a_killed_run(tmp_path):
     assert metadata.splits["train"].counts["rows"] == 100
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_killed_conversion_reruns_cleanly(tmp_path):
     """SIGKILL while shards are being written, then the same command again."""
     source = str(tmp_path / "train.csv")

@@ -47,6 +47,7 @@ def _converted(tmp_path, **kwargs):
 
 # --- one writer per output directory -------------------------------------------
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_second_conversion_into_a_locked_directory_is_refused(tmp_path, capsys):
     out = str(tmp_path / "out")
     holder = subprocess.Popen(

@@ -3,6 +3,7 @@
 There is no GPU or TPU here: `--virtual-devices` splits the CPU into logical
 devices for `MirroredStrategy`, and the multi-worker run uses two local processes
 on 127.0.0.1 ports. The CLI runs are subprocesses (devices are fixed per process).
+The tests that start them or train are marked `slow`.
 """
 import json
 import os
@@ -61,6 +62,7 @@ def scalar_tags(folder):
     return tags
 
 
+@pytest.mark.slow
 def test_cli_trains_mirrored_on_two_virtual_devices_with_tensorboard_logs(data, tmp_path):
     out = tmp_path / "run"
     result = finish(cli("train", "--data", data, "--model", "mmoe", "--loss", "pwiser",
@@ -102,6 +104,23 @@ def start_workers(data, out, temp, epochs):
     return procs
 
 
+def wait_for_epoch(state, procs, epoch, timeout=300):
+    """Waits until the staged state (`state.json`) has finished `epoch`; fails when a
+    worker exits first or when `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if json.loads(state.read_text())["epoch"] >= epoch:
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # not written yet
+        exited = [p for p in procs if p.poll() is not None]
+        assert not exited, exited[0].communicate()[1][-4000:]
+        assert time.monotonic() < deadline, f"no epoch {epoch} in {state} after {timeout} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
 def test_two_workers_on_localhost_resume_and_write_exactly_one_complete_run(data, tmp_path):
     """Both workers get the same --output; killed after the first epoch and started
     again, they resume from the chief's staged state and finish one run."""
@@ -109,12 +128,12 @@ def test_two_workers_on_localhost_resume_and_write_exactly_one_complete_run(data
     temp.mkdir()
     procs = start_workers(data, out, temp, epochs=2)
     state = out / "staging" / "state.json"
-    while not (state.is_file() and json.loads(state.read_text())["epoch"] >= 1):
-        assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-4000:]
-        time.sleep(0.2)
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+    try:
+        wait_for_epoch(state, procs, 1)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
     assert json.loads(state.read_text())["epoch"] == 1
     left_by_kill = set(temp.iterdir())  # a killed process cannot remove its folder
     chief, worker = [finish(p) for p in start_workers(data, out, temp, epochs=2)]
@@ -175,6 +194,7 @@ def small_config(**train):
             "train": {"epochs": 1, "batch_size": 256, "patience": 1, **train}}
 
 
+@pytest.mark.slow
 def test_train_run_inside_a_strategy_scope_keeps_the_strategy(data, tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():  # was: clear_session dropped it, IndexError on exit
@@ -189,6 +209,7 @@ def test_train_run_inside_a_strategy_scope_keeps_the_strategy(data, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,compute,optimizer", [
     ("bf16", "bfloat16", "Adam"), ("fp16", "float16", "LossScaleOptimizerV3")])
 def test_mixed_precision_trains_with_float32_outputs(data, precision, compute, optimizer):

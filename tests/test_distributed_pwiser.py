@@ -11,6 +11,8 @@ from pwiser_tf import InputError, PackedAUC, PWiseRLoss
 from pwiser_tf import replicas
 from subsuite import assert_suite_passes
 
+pytestmark = pytest.mark.slow  # the virtual-device suite runs in a subprocess
+
 
 def test_virtual_device_suite_passes():
     assert_suite_passes("distributed", PWISER_TEST_DISTRIBUTED="1", TF_USE_LEGACY_KERAS="1")

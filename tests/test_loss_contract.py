@@ -1,5 +1,6 @@
 """The loss's contract on bad input: labels outside {0, 1}, non-finite settings, shapes,
-scalar weights, and one rule for the BCE mean over rows with a missing label."""
+scalar weights, reductions, the task's loss objects, and one rule for the BCE mean over
+rows with a missing label."""
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import tensorflow_recommenders as tfrs
 
 from pwiser_tf import PackedAUC, PWiseRLoss, pwiser
 from pwiser_tf.errors import InputError
+from pwiser_tf.losses import BinaryCrossentropy
 from pwiser_tf.models.task import CtrCvrTask
 
 P = np.array([0.9, 0.2, 0.6, 0.1], np.float32)
@@ -135,7 +137,7 @@ def test_non_finite_or_negative_settings_are_refused(settings):
     with pytest.raises(InputError, match=f"{name} must be a finite number >= 0"):
         PWiseRLoss(**settings)
     with pytest.raises(InputError, match=f"{name} must be a finite number >= 0"):
-        CtrCvrTask(**settings)
+        CtrCvrTask(extra_weights=settings)  # the task checks its own weights too
     if name != "pwiser_weight":
         with pytest.raises(InputError, match=f"{name} must be a finite number >= 0"):
             pwiser(P, GOOD[:, 0], GOOD[:, 1], **settings)
@@ -147,3 +149,23 @@ def test_build_model_refuses_a_nan_weight():
     schema = Schema("toy", categorical=(Field("a", 5),), numerical=("n",))
     with pytest.raises(InputError, match="pwiser_weight must be a finite number"):
         models.build_model("mmoe", schema, loss="pwiser", pwiser_weight=float("nan"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(bce="binary_crossentropy"), "bce must be a pwiser_tf.losses.BinaryCrossentropy"),
+    (dict(bce=BinaryCrossentropy(reduction="none")), "bce must reduce its rows"),
+    (dict(pwiser=PWiseRLoss()), "pwiser must be a PWiseRLoss with bce=False"),
+    (dict(pwiser=BinaryCrossentropy()), "pwiser must be a pwiser_tf.losses.PWiseRLoss"),
+])
+def test_the_task_refuses_loss_objects_it_cannot_compose(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        CtrCvrTask(**kwargs)
+
+
+def test_a_bad_reduction_is_named_and_every_reduction_round_trips():
+    with pytest.raises(InputError, match="PWiseRLoss: reduction must be one of"):
+        PWiseRLoss(reduction="avg")
+    for reduction in ("sum_over_batch_size", "mean_with_sample_weight", "sum", "none"):
+        for loss in (PWiseRLoss(reduction=reduction), BinaryCrossentropy(reduction=reduction)):
+            assert type(loss).from_config(loss.get_config()).get_config() == loss.get_config()
+            assert loss.get_config()["reduction"] == reduction

@@ -18,6 +18,10 @@ def test_value_is_bce_plus_weighted_pwiser():
     loss_cases.check_value_is_bce_plus_weighted_pwiser()
 
 
+def test_reduction_none_gives_one_value_per_row():
+    loss_cases.check_reduction_none_gives_rows()
+
+
 def test_compile_fit_save_reload(tmp_path):
     loss_cases.check_compile_fit_save_reload(tmp_path)
 
@@ -96,7 +100,7 @@ def test_two_headed_compile_and_the_models_task_give_the_same_gradients(lam, sco
                    pwiser_scores=scores)
     model.compile(optimizer="adam", loss={"ctr": PWiseRLoss(**options),
                                           "ctcvr": "binary_crossentropy"})
-    task = CtrCvrTask(**options)
+    task = CtrCvrTask(pwiser=PWiseRLoss(bce=False, **options))
     labels = {"click": tf.constant(y[:, 0]), "conversion": tf.constant(y[:, 1])}
 
     with tf.GradientTape() as tape:

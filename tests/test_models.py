@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pwiser_tf import metrics, models
+from pwiser_tf import PWiseRLoss, metrics, models
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines import make_dataset
 from tests.models_data import serialize, toy_arrays, toy_schema, write_converted
+
+pytestmark = pytest.mark.slow  # trains every model with each loss
 
 COMMON = dict(embedding_dim=8, tower_units=(16,))
 SMALL = {
@@ -201,7 +203,8 @@ def test_layers_round_trip_through_get_config():
     layers = [models.FeatureEmbedding(toy_schema(), 4), models.MLP((8, 4), 0.1),
               models.Tower((8,)), models.ExpertBank(2, (8, 4)), models.Gate(3),
               models.TransferAttention(4),
-              models.CtrCvrTask(pwiser_weight=0.5, extra_weights={"calibrator": 0.3})]
+              models.CtrCvrTask(pwiser=PWiseRLoss(pwiser_weight=0.5, bce=False),
+                                extra_weights={"calibrator": 0.3})]
     for layer in layers:
         clone = type(layer).from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()

@@ -14,8 +14,11 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # runs the notebook in a subprocess
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "colab_tpu.ipynb")
 INSTALL_MARKER = "# colab-install"

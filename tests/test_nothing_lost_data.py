@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import SAMPLES
-import pwiser_tf.pipelines.convert as convert_lib
+import pwiser_tf.pipelines.conversion.output as output_lib
 from pwiser_tf import cli
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines import make_dataset
@@ -85,7 +85,7 @@ def test_a_publish_cut_short_is_finished_by_the_rerun(tmp_path, monkeypatch):
 
     def killed(*args):
         raise KeyboardInterrupt
-    monkeypatch.setattr(convert_lib, "_publish", killed)
+    monkeypatch.setattr(output_lib, "publish", killed)
     with pytest.raises(KeyboardInterrupt):
         convert("aliexpress-csv", [AE_TRAIN], out, progress=False, overwrite=True)
     assert sorted(Metadata.load(out).splits) == ["test", "train"]  # the old one, intact
@@ -243,6 +243,7 @@ def _command(*args, level=None):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_synth_prints_nothing_on_stderr(tmp_path):
     for level in (None, "3"):
         out = tmp_path / f"synth{level}"
@@ -254,6 +255,7 @@ def test_synth_prints_nothing_on_stderr(tmp_path):
     assert refused.returncode == 2 and refused.stderr.startswith("pwiser-tf synth: error:")
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_synth_does_not_load_tensorflow(tmp_path):
     code = ("import sys; from pwiser_tf.pipelines.synth import synthesize; "
             f"synthesize('aliexpress', 100, {str(tmp_path)!r}, progress=False); "

@@ -55,12 +55,12 @@ def test_a_variant_grid_names_its_arms_and_checks_the_baseline():
     config = config_lib.validate(config_lib.packaged("adaftr_ablation"))
     config_lib.validate(config_lib.packaged("sweep"))
     cells = experiment.grid(config)
-    assert len(cells) == 3 * len(config["seeds"])
+    assert len(cells) == 3 * len(config.seeds)
     assert {c["variant"] for c in cells} == {"base", "adaptive", "fixed"}
     fixed = next(c for c in cells if c["variant"] == "fixed")
-    assert config_lib.merge(config, fixed["overrides"])["model_options"]["adaftr"] == \
+    assert config.merged(fixed["overrides"]).model_options["adaftr"] == \
         {"expert_units": [64, 32], "num_experts": 4, "temperature": "fixed"}
     with pytest.raises(InputError, match="baseline 'bce' is not an arm"):
-        experiment.grid(dict(config, baseline="bce"))
-    plain = experiment.grid(dict(config, variants=None, baseline=None))
+        experiment.grid(config.model_copy(update={"baseline": "bce"}))
+    plain = experiment.grid(config.model_copy(update={"variants": None, "baseline": None}))
     assert {c["variant"] for c in plain} == {""}

@@ -16,6 +16,8 @@ from pwiser_tf import cli
 from pwiser_tf.pipelines import make_dataset
 from pwiser_tf.pipelines.schema import Metadata
 
+pytestmark = pytest.mark.slow  # trains and evaluates through the command line
+
 ROOT = "ram://pwiser-e2e"
 TINY = ["--set", "model.embedding_dim=4", "--set", "train.batch_size=256",
         "--set", "train.patience=1"]

@@ -54,7 +54,7 @@ def test_real_samples_counts_as_documented(fmt, path, rows, clicks, conversions,
     assert counts.malformed == 0
     _read(reader)  # a second pass counts the same
     assert reader.counts == counts
-    kept = open_reader(fmt, [path], conversions_without_click="click")
+    kept = open_reader(fmt, [path], conversion_without_click="as_click")
     _read(kept)
     assert kept.counts.rows == rows and kept.counts.clicks == clicks + orphans
     assert kept.counts.conversions == conversions
@@ -273,7 +273,7 @@ def test_intent_column_passes_through(tmp_path):
     text = "\n".join([lines[0] + ",intent"] + [line + f",{i % 2}" for i, line in
                                                enumerate(lines[1:])]) + "\n"
     path = _write(str(tmp_path / "train.csv"), text.encode())
-    reader = open_reader("aitm-csv", [path], conversions_without_click="click")
+    reader = open_reader("aitm-csv", [path], conversion_without_click="as_click")
     _, _, labels, _, _ = _read(reader)
     assert reader.layout.labels == ("click", "conversion", "intent")
     assert labels["intent"].tolist() == [i % 2 for i in range(48)]
@@ -295,3 +295,62 @@ def test_garbage_line_in_every_processed_format(tmp_path, fmt, path, rows, bad):
     reader = open_reader(fmt, [broken], skip_malformed=True)
     _read(reader)
     assert reader.counts.malformed == 1 and reader.counts.rows == rows
+
+
+def _by_blocks(reader, block_bytes):
+    """The reader's rows through its public block API (as a distributed runner reads
+    them): `blocks` of each main file, `parse_block` on each, the joining formats with
+    the side rows from `side_rows`; returns the chunks, the rows per file and the counts."""
+    from pwiser_tf.pipelines.readers import Counts
+
+    side = dict(reversed(list(reader.side_rows()))) if reader.joins else None  # first rows
+    chunks, rows, counts = [], {}, Counts()
+    for index, path in enumerate(reader.main_paths()):
+        rows[path] = 0
+        for block, first_line, _ in reader.blocks(path, block_bytes):
+            parsed = reader.parse_block(block, first_line, path, index, side_rows=side)
+            rows[path] += parsed.rows
+            counts.add(parsed.counts)
+            if parsed.chunk is not None and len(parsed.chunk):
+                chunks.append(parsed.chunk)
+    return chunks, rows, counts
+
+
+@pytest.mark.parametrize("fmt", ["aitm-csv", "ali-ccp-raw", "aliexpress-raw"])
+def test_the_block_api_reads_what_the_reader_reads(tmp_path, fmt):
+    if fmt == "aitm-csv":
+        paths = [f"{CCP}/paddlerec_aitm/train/train.csv", f"{CCP}/paddlerec_aitm/test/test.csv"]
+    elif fmt == "ali-ccp-raw":
+        paths = list(_ccp_files(tmp_path))
+    else:
+        users = [_user_line(s, s) for s in (10, 11, 12)]
+        items = [_item_line(10, 1, 0), _item_line(10, 2, 2), _item_line(11, 3, 1),
+                 _item_line(12, 4, 0)]
+        paths = [_write(str(tmp_path / "nl_user_train.csv"), ("\n".join(users) + "\n").encode()),
+                 _write(str(tmp_path / "nl_item_train.csv"), ("\n".join(items) + "\n").encode())]
+    reader = open_reader(fmt, paths)
+    whole = list(reader)
+    chunks, rows, counts = _by_blocks(open_reader(fmt, paths), block_bytes=64)
+    assert len(chunks) > len(whole)  # small blocks: the rows arrive in more pieces
+    assert counts == reader.counts and rows == reader.rows_by_path
+    for name in ("categorical", "numerical", "row_id", "lines"):
+        assert np.concatenate([getattr(c, name) for c in chunks]).tolist() == \
+            np.concatenate([getattr(c, name) for c in whole]).tolist()
+    for label in whole[0].labels:
+        assert np.concatenate([c.labels[label] for c in chunks]).tolist() == \
+            np.concatenate([c.labels[label] for c in whole]).tolist()
+
+
+def test_the_block_api_needs_side_rows_exactly_for_a_join(tmp_path):
+    sk, cf = _ccp_files(tmp_path)
+    joined = open_reader("ali-ccp-raw", [sk, cf])
+    block, first_line, _ = next(joined.blocks(sk))
+    with pytest.raises(TypeError, match="needs side_rows"):
+        joined.parse_block(block, first_line, sk)
+    path = f"{CCP}/paddlerec_aitm/test/test.csv"
+    alone = open_reader("aitm-csv", [path])
+    block, first_line, _ = next(alone.blocks(path))
+    with pytest.raises(TypeError, match="joins no side file"):
+        alone.parse_block(block, first_line, path, side_rows={})
+    with pytest.raises(InputError, match=r"skeleton_train.csv:1: .* not in the common-features"):
+        joined.parse_block(*next(joined.blocks(sk))[:2], sk, side_rows={})

@@ -4,6 +4,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the snippets train, one in a subprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow  # saves and loads in subprocesses
+
 SAVE = """
 import tensorflow as tf
 from pwiser_tf import PWiseRLoss

@@ -13,6 +13,8 @@ from pwiser_tf import experiment, fileio, training
 from pwiser_tf.errors import InputError
 from conftest import converted_synthetic
 
+pytestmark = pytest.mark.slow  # trains models, most of them in subprocesses
+
 TINY = {"model": {"embedding_dim": 4, "tower_units": [8]},
         "model_options": {"mmoe": {"expert_units": [8], "num_experts": 2}},
         "train": {"epochs": 1, "batch_size": 256, "patience": 1}}
@@ -61,17 +63,35 @@ def kill_when(command, out, ready, timeout=300):
     return read_state(out)
 
 
-def test_killed_training_resumes_its_whole_state(data, tmp_path):
-    """Case 5: history, early stopping's best and the best checkpoint survive a kill."""
+def finished_run(out):
+    """history.json and metrics.json of a finished run, without the measured throughput."""
+    history = json.loads((out / "history.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.pop("train_examples_per_sec")
+    return history, metrics
+
+
+@pytest.mark.parametrize("strategy", [
+    [], ["--strategy", "mirrored", "--virtual-devices", 2],  # one repeated stream per split
+], ids=["plain", "mirrored"])
+def test_killed_training_resumes_as_the_uninterrupted_run(data, tmp_path, strategy):
+    """Case 5: history, early stopping's best and the best checkpoint survive a kill, and
+    the resumed run ends as the same run uninterrupted, digit for digit: each epoch's data
+    order and dropout masks come from the seed and the epoch, not from the process."""
     out = tmp_path / "run"
-    command = train_command(data, out, "--epochs", 5, "--patience", 5)
+    command = train_command(data, out, "--epochs", 5, "--patience", 5, *strategy)
     before = kill_when(command, out, lambda s: s["epoch"] >= 2)
     assert 2 <= before["epoch"] < 5 and before["phase"] == "train"
     assert not (out / "metrics.json").exists()  # nothing looks finished
     proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    history = json.loads((out / "history.json").read_text())
-    metrics = json.loads((out / "metrics.json").read_text())
+    history, metrics = finished_run(out)
+    whole = tmp_path / "uninterrupted"
+    proc = subprocess.run(train_command(data, whole, "--epochs", 5, "--patience", 5,
+                                        *strategy),
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert finished_run(whole) == (history, metrics)
     done = before["epoch"]
     monitored = history[training.MONITOR]
     assert len(monitored) == 5 == metrics["epochs_trained"]  # before and after the kill
@@ -158,8 +178,9 @@ def test_second_writer_is_refused_with_the_holders_pid(data, tmp_path):
     assert len(lines) == 1 and f"pid {os.getpid()}" in lines[0], lines
 
 
-def test_empty_splits_are_refused_in_one_line(data, tmp_path):
-    """Case 7: a 0-row validation or evaluation split, not StopIteration or NaN."""
+def test_empty_or_uncounted_splits_are_refused_in_one_line(data, tmp_path):
+    """Case 7: a 0-row validation or evaluation split, not StopIteration or NaN; a train
+    split whose metadata lists no rows."""
     import shutil
 
     for split in ("validation", "test"):
@@ -172,6 +193,16 @@ def test_empty_splits_are_refused_in_one_line(data, tmp_path):
             training.train_run(str(copy), str(tmp_path / f"out_{split}"), "mmoe", "bce", 0,
                                TINY, progress=False)
         assert not (tmp_path / f"out_{split}").exists()  # checked before writing
+    # An epoch is a fixed number of steps, from the train split's row count.
+    copy = tmp_path / "uncounted"
+    shutil.copytree(data, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    del meta["splits"]["train"]["counts"]["rows"]
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="gives no row count for the 'train' split"):
+        training.train_run(str(copy), str(tmp_path / "out_uncounted"), "mmoe", "bce", 0,
+                           TINY, progress=False)
+    assert not (tmp_path / "out_uncounted").exists()
 
 
 def test_experiment_recomputes_cells_whose_settings_changed(tmp_path):
@@ -187,7 +218,8 @@ def test_experiment_recomputes_cells_whose_settings_changed(tmp_path):
     def run(config):
         rows = experiment.run_experiment(config, out, progress=False, overwrite=True)
         recorded = fileio.read_json(os.path.join(cell, "run.json"))
-        assert config_lib.load(os.path.join(out, "config.yaml")) == config_lib.validate(config)
+        assert config_lib.load(os.path.join(out, "config.yaml")) == \
+            config_lib.validate(config).to_dict()  # every setting, resolved
         return rows, recorded["fingerprint"], os.stat(os.path.join(cell, "metrics.json"))
 
     rows, key, stat = run(base)

@@ -224,7 +224,7 @@ def test_mlp_blocks_group_its_layers():
 
 
 def test_model_config_keeps_the_name():
-    for name in ("stl", "shared-bottom"):
+    for name in models.MODELS:
         model = build(name)
         clone = type(model).from_config(model.get_config())
         assert clone.name == model.name == name.replace("-", "_")

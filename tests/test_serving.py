@@ -14,6 +14,8 @@ from pwiser_tf.pipelines.dataset import Parser
 from pwiser_tf.pipelines.readers.idmap import IdMap
 from pwiser_tf.pipelines.schema import Metadata
 
+pytestmark = pytest.mark.slow  # trains a model on remapped ids
+
 
 def _records(directory, split="train"):
     files = sorted(glob.glob(os.path.join(directory, f"{split}-*")))

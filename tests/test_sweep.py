@@ -3,21 +3,23 @@ import csv
 
 import pytest
 
+from pwiser_tf import config as config_lib
 from pwiser_tf import sweep
 from pwiser_tf.errors import InputError
 from tests.models_data import write_converted
 
 
 def point(**changes):
-    return dict(sweep.CENTRE, **changes)
+    return dict(config_lib.SweepCentre(pwiser_weight=1.0).model_dump(), **changes)
 
 
 def test_design_reads_centre_and_ordered_axes():
     centre, axes = sweep.design({"sweep": {"centre": {"margin": 0.2},
-                                           "axes": {"normalization": ["anchor", "pair"],
-                                                    "pwiser_weight": [0.1, 1]}}})
+                                           "axes": {"pwiser_weight": [0.1, 1],
+                                                    "normalization": ["anchor", "pair"]}}})
     assert centre["margin"] == 0.2 and centre["pwiser_head"] == "ctr"
-    assert axes == [("normalization", ["anchor", "pair"]), ("pwiser_weight", [0.1, 1.0])]
+    # The axes in the order given (not the schema's), the weights as floats.
+    assert axes == [("pwiser_weight", [0.1, 1.0]), ("normalization", ["anchor", "pair"])]
     with pytest.raises(InputError, match="unknown axis 'temperature'"):
         sweep.design({"sweep": {"axes": {"temperature": [1]}}})
     with pytest.raises(InputError, match="sweep.axes"):
@@ -54,15 +56,16 @@ def test_a_small_sweep_runs_axis_by_axis(tmp_path):
     config = {
         "datasets": {"toy": {"data": str(data)}}, "seeds": [0],
         "sweep": {"model": "shared-bottom", "select": "ctcvr_auc",
-                  "axes": {"margin": [0.1], "pwiser_weight": [0.1, 1.0]}},
+                  "axes": {"margin": [0.1], "pwiser_weight": [0.03, 1.0]}},
         "train": {"epochs": 1, "batch_size": 100, "learning_rate": 3e-3},
         "model": {"embedding_dim": 4, "tower_units": [8], "bottom_units": [8]},
     }
     markdown = sweep.run_sweep(config, str(tmp_path / "out"), progress=False)
     runs = sorted(p.parent.parent.name
                   for p in (tmp_path / "out" / "runs").rglob("metrics.json"))
-    # BCE, and the margin point, which is also the lambda axis' point at 1: 3 runs.
-    assert runs == ["bce", "w0.1_m0.1_ctr_probability_anchor",
+    # BCE, and the margin point, which is also the lambda axis' point at the centre's
+    # lambda (PWiseR's default, 0.03): 3 runs.
+    assert runs == ["bce", "w0.03_m0.1_ctr_probability_anchor",
                     "w1_m0.1_ctr_probability_anchor"]
     assert "Chosen: pwiser_weight=" in markdown and "| BCE |" in markdown
     with open(tmp_path / "out" / "sweep.csv") as f:

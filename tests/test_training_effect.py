@@ -7,10 +7,13 @@ clicks (S3) above clicks without conversion (S2), so pCTR's AUC of S3 against S2
 must be clearly higher with it.
 """
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pwiser_tf import PWiseRLoss
 from pwiser_tf.metrics import auc
+
+pytestmark = pytest.mark.slow  # trains a model per seed and loss
 
 SEEDS = (0, 1, 2)
 

@@ -16,8 +16,8 @@ file in memory:
 `reader.layout` names the fields; with the vocabulary sizes (which the converter
 computes over all splits) it becomes a `pipelines.schema.Schema`.
 `reader.counts` keeps `rows` (rows yielded), `clicks`, `conversions`,
-`conversions_without_click` (click 0, conversion 1 in the source), `dropped` and
-`malformed`.
+`conversions_without_click` (rows with click 0 and conversion 1 in the source),
+`dropped` and `malformed`.
 
 Formats and the paths each takes (one split):
 
@@ -33,9 +33,14 @@ Formats and the paths each takes (one split):
 A processed CSV whose header ends with an `intent` column passes it through as
 the `intent` label. A malformed line raises `InputError` naming file and line;
 with `skip_malformed=True` it is skipped and counted. A source row with click 0
-and conversion 1 is counted in `conversions_without_click` and, by default,
-dropped as every public pipeline does; `conversions_without_click="click"` keeps
-it as a click and a conversion.
+and conversion 1 is counted in `conversions_without_click` and handled by the
+policy `conversion_without_click` (`pwiser_tf.options`): by default `"drop"`, as
+every public pipeline does; `"as_click"` keeps it as a click and a conversion;
+`"error"` refuses it, naming its file and line.
+
+A runner that spreads the work itself (Apache Beam) uses a reader's two public
+steps: `blocks(path)` cuts a file into blocks of whole lines and
+`parse_block(...)` parses one; see `Reader`.
 
 Example (an AITM file without a header; its second row converts without a click):
 
@@ -51,8 +56,10 @@ Example (an AITM file without a header; its second row converts without a click)
 """
 from typing import Sequence
 
+from pwiser_tf import options as choices
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines.readers.base import Chunk, Counts, Layout, Ragged, Reader
+from pwiser_tf.pipelines.readers.base import (Chunk, Counts, Layout, ParsedBlock, Ragged,
+                                              Reader)
 
 _FORMATS = {
     "aliexpress-csv": ("pwiser_tf.pipelines.readers.aliexpress", "AliExpressCsvReader"),
@@ -76,22 +83,33 @@ def reader_class(format: str):
 
 
 def open_reader(format: str, paths: Sequence[str], *, skip_malformed: bool = False,
-                conversions_without_click: str = "drop", **options) -> Reader:
+                conversion_without_click: str = choices.DROP, **options) -> Reader:
     """A `Reader` streaming the files of one split.
 
     Args:
       format: one of `FORMATS`.
       paths: the files of the split (for the raw formats, both files of the pair).
       skip_malformed: skip and count malformed lines instead of raising `InputError`.
-      conversions_without_click: `"drop"` (default) or `"click"` (keep such a row
-        as a click and a conversion).
+      conversion_without_click: a row with click 0 and conversion 1: `"drop"` it
+        (default), keep it `"as_click"` (a click and a conversion), or refuse it
+        (`"error"`, naming its file and line).
       **options: format options, e.g. `block_bytes` (text read per chunk) or, for
         `ali-ccp-raw`, `cache_entries` and `index_dir` (see `ali_ccp_raw`).
     """
+    if RENAMED_OPTION in options:
+        raise InputError(RENAMED_MESSAGE)
     return reader_class(format)(list(paths), skip_malformed=skip_malformed,
-                                conversions_without_click=conversions_without_click,
+                                conversion_without_click=conversion_without_click,
                                 **options)
 
 
+# The policy's earlier name (and its value "click", now "as_click"), refused by name.
+RENAMED_OPTION = "conversions_without_click"
+RENAMED_MESSAGE = ("conversions_without_click (--conversions-without-click) is now "
+                   "conversion_without_click (--conversion-without-click), with the values "
+                   f"{', '.join(choices.CONVERSION_WITHOUT_CLICK_IN_CONVERT)} "
+                   "('click' is now 'as_click')")
+
+
 __all__ = ["open_reader", "reader_class", "FORMATS", "Reader", "Chunk", "Ragged", "Layout",
-           "Counts"]
+           "Counts", "ParsedBlock"]

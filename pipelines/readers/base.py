@@ -3,10 +3,11 @@ reading loop over text blocks, and file access through `tf.io.gfile` (so inputs 
 be local or on any filesystem TensorFlow knows: `gs://`, `ram://`, ...)."""
 import contextlib
 import dataclasses
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pwiser_tf import options as choices
 from pwiser_tf.errors import InputError
 
 DEFAULT_BLOCK_BYTES = 8 << 20     # text parsed per chunk
@@ -15,7 +16,7 @@ BOM = b"\xef\xbb\xbf"              # a UTF-8 byte order mark, dropped at the sta
 _ARCHIVES = {b"\x1f\x8b": ("gzip-compressed", "decompress it first, e.g. `gunzip -k {path}`"),
              b"PK\x03\x04": ("a zip archive", "extract it first, e.g. `unzip {path}`")}
 MAX_LINE_BYTES = 64 << 20         # a longer "line" is garbage, not data
-POLICIES = ("drop", "click")      # what to do with a conversion without a click
+POLICIES = choices.CONVERSION_WITHOUT_CLICK_IN_CONVERT  # a conversion without a click
 
 
 @dataclasses.dataclass
@@ -107,33 +108,37 @@ class Reader:
     """Streams the files of one split as `Chunk`s; subclasses parse one format.
 
     The one reading loop lives here: `__iter__` reads each of `main_paths()` in
-    blocks of whole lines (`text_blocks`), hands every block to the subclass's
-    `_block(block, first_line, path, index)`, which returns a `Chunk` with raw
-    labels (or None), then applies the label policy and counts. A subclass sets
-    `format`, builds `self.layout` in `_open()`, and may hold resources for one
-    pass in `_session()` (the raw formats' side tables). `size` is the bytes to
-    read and `position` the bytes read so far (for progress); `rows_by_path`
-    counts the well-formed rows of each file in the last pass (before the label
-    policy drops any).
+    blocks of whole lines (`blocks`) and parses every block (`parse_block`): the
+    subclass's `_block(block, first_line, path, index)` returns a `Chunk` with raw
+    labels (or None), then the label policy applies and the rows are counted. A
+    subclass sets `format`, builds `self.layout` in `_open()`, and may hold
+    resources for one pass in `_session()` (the raw formats' side tables). `size`
+    is the bytes to read and `position` the bytes read so far (for progress);
+    `rows_by_path` counts the well-formed rows of each file in the last pass
+    (before the label policy drops any).
+
+    A distributed runner (`pipelines/beam_convert.py`) uses the same two public
+    steps without the loop: it cuts each of `main_paths()` into `blocks`, spreads
+    them over its workers and calls `parse_block` on each; the joining formats
+    then take the side rows a block refers to as `side_rows` (see `SideFileJoin`).
     """
 
     format = ""
     joins = False  # whether it joins a side file (and takes `cache_entries`, `index_dir`)
-    _path = ""  # the file being read, for messages
 
     def __init__(self, paths: Sequence[str], *, skip_malformed: bool = False,
-                 conversions_without_click: str = "drop",
+                 conversion_without_click: str = choices.DROP,
                  block_bytes: int = DEFAULT_BLOCK_BYTES):
         if not paths:
             raise InputError(f"{self.format}: no input files given")
         for path in paths:
             check_input_file(path)
-        if conversions_without_click not in POLICIES:
-            raise InputError(f"conversions_without_click must be one of {POLICIES}, "
-                             f"got {conversions_without_click!r}")
+        if conversion_without_click not in POLICIES:
+            raise InputError(f"conversion_without_click must be one of {POLICIES}, "
+                             f"got {conversion_without_click!r}")
         self.paths = list(paths)
         self.skip_malformed = skip_malformed
-        self.policy = conversions_without_click
+        self.policy = conversion_without_click
         self.block_bytes = int(block_bytes)
         self.counts = Counts()
         self.rows_by_path: Dict[str, int] = {}
@@ -164,20 +169,46 @@ class Reader:
         done = 0
         with self._session():
             for index, path in enumerate(paths):
-                self._path = path
-                for block, first_line, read in text_blocks(path, self.block_bytes,
-                                                           self.long_line):
+                for block, first_line, read in self.blocks(path):
                     self.position = done + read
-                    chunk = self._block(block, first_line, path, index)
-                    if chunk is None:
-                        continue
-                    chunk.path = path
-                    self.rows_by_path[path] += len(chunk)
-                    chunk = self._label_policy(chunk)
-                    if len(chunk):
+                    chunk, rows = self._parse(block, first_line, path, index)
+                    self.rows_by_path[path] += rows
+                    if chunk is not None and len(chunk):
                         yield chunk
                 done += file_size(path)
         self.position = self.size
+
+    def blocks(self, path: str, block_bytes: Optional[int] = None
+               ) -> Iterator[Tuple[bytes, int, int]]:
+        """`text_blocks` of one of `main_paths()`, about `block_bytes` each (default: the
+        reader's): `(block, first_line, bytes_read)`; an over-long line is malformed."""
+        def long_line(line: int) -> None:
+            self.malformed(path, line, f"longer than {MAX_LINE_BYTES} bytes")
+
+        return text_blocks(path, block_bytes or self.block_bytes, long_line)
+
+    def parse_block(self, block: bytes, first_line: int, path: str, index: int = 0,
+                    side_rows: Optional[Dict[bytes, bytes]] = None) -> "ParsedBlock":
+        """The rows of one block of `blocks(path)` (`path` is `main_paths()[index]`),
+        the label policy applied, with the block's own `Counts` and its well-formed
+        rows before the policy dropped any. `side_rows` is for the joining formats
+        only (`SideFileJoin.parse_block`)."""
+        if side_rows is not None:
+            raise TypeError(f"{self.format} joins no side file: side_rows is not taken")
+        self.counts, before = Counts(), self.counts
+        try:
+            chunk, rows = self._parse(block, first_line, path, index)
+            return ParsedBlock(chunk, rows, self.counts)
+        finally:
+            self.counts = before
+
+    def _parse(self, block, first_line, path, index) -> Tuple[Optional[Chunk], int]:
+        chunk = self._block(block, first_line, path, index)
+        if chunk is None:
+            return None, 0
+        chunk.path = path
+        rows = len(chunk)
+        return self._label_policy(chunk), rows
 
     def malformed(self, path: str, line: int, reason: str) -> None:
         """Raises `InputError` naming file and line, or counts the line when skipping."""
@@ -186,15 +217,17 @@ class Reader:
                              f"(skip such lines with --skip-malformed)")
         self.counts.malformed += 1
 
-    def long_line(self, line: int) -> None:
-        self.malformed(self._path, line, f"longer than {MAX_LINE_BYTES} bytes")
-
     def _label_policy(self, chunk: Chunk) -> Chunk:
         click, conversion = chunk.labels["click"], chunk.labels["conversion"]
         orphan = (click == 0) & (conversion != 0)
         orphans = int(orphan.sum())
         self.counts.conversions_without_click += orphans
-        if orphans and self.policy == "drop":
+        if orphans and self.policy == choices.ERROR:
+            raise InputError(
+                f"{chunk.where(int(np.flatnonzero(orphan)[0]))}: a conversion without a "
+                f"click (click 0, conversion 1); choose what to do with such rows: "
+                f"--conversion-without-click drop or as_click")
+        if orphans and self.policy == choices.DROP:
             self.counts.dropped += orphans
             chunk = chunk.select(~orphan)
             click, conversion = chunk.labels["click"], chunk.labels["conversion"]
@@ -207,6 +240,16 @@ class Reader:
         self.counts.clicks += int(chunk.labels["click"].sum())
         self.counts.conversions += int(chunk.labels["conversion"].sum())
         return chunk
+
+
+class ParsedBlock(NamedTuple):
+    """What `Reader.parse_block` returns: the rows (None when the block held none),
+    the well-formed rows before the label policy, and the block's counts."""
+
+    chunk: Optional[Chunk]
+    rows: int
+    counts: Counts
+
 
 def _gfile():
     import tensorflow as tf  # loaded on first file access: `--help` stays fast

@@ -19,11 +19,34 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from pwiser_tf.pipelines.readers.base import BOM, open_binary, text_blocks
 
 _INDEX_BATCH = 100_000
+
+
+def keyed_rows(path: str, malformed: Callable[[str, int, str], None],
+               separator: bytes = b",", block_bytes: int = 4 << 20
+               ) -> Iterator[Tuple[bytes, bytes]]:
+    """`(key, rest)` of every row of a headerless side file, in file order: the key is
+    the line's first cell, the rest what follows its separator (without the newline).
+    A non-blank line without a key goes to `malformed(path, line, reason)`."""
+    def long(line):
+        malformed(path, line, "line too long")
+
+    for block, first_line, _ in text_blocks(path, block_bytes, long):
+        for offset, line in enumerate(block.split(b"\n")[:-1]):
+            key, rest = _split(line.rstrip(b"\r"), separator)
+            if key is not None:
+                yield key, rest
+            elif line.strip():
+                malformed(path, first_line + offset, "no key before the first separator")
+
+
+def _split(line: bytes, separator: bytes):
+    cut = line.find(separator)
+    return (line[:cut], line[cut + 1:]) if cut > 0 else (None, None)
 
 
 class SideTable:
@@ -39,29 +62,12 @@ class SideTable:
         self.path, self.separator = path, separator
         self.cache_entries = max(1, int(cache_entries))
         self.index_dir, self.malformed = index_dir, malformed
-        self.block_bytes = block_bytes
         self._cache = collections.OrderedDict()
-        self._stream = self._lines()
+        self._stream = keyed_rows(path, malformed, separator, block_bytes)
         self._exhausted = False
         self._db = None
         self._file = None
         self._tmp = None
-
-    def _lines(self):
-        for block, first_line, _ in text_blocks(self.path, self.block_bytes, self._long):
-            for offset, line in enumerate(block.split(b"\n")[:-1]):
-                yield first_line + offset, line.rstrip(b"\r")
-
-    def _long(self, line):
-        self.malformed(self.path, line, "line too long")
-
-    def _split(self, number: int, line: bytes):
-        cut = line.find(self.separator)
-        if cut <= 0:
-            if line.strip():
-                self.malformed(self.path, number, "no key before the first separator")
-            return None, None
-        return line[:cut], line[cut + 1:]
 
     def lookup(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
         if self._db is not None:
@@ -78,10 +84,7 @@ class SideTable:
     def _advance_to(self, key: bytes) -> bool:
         if self._exhausted:
             return False
-        for number, line in self._stream:
-            found, rest = self._split(number, line)
-            if found is None:
-                continue
+        for found, rest in self._stream:
             self._cache[found] = rest
             if len(self._cache) > self.cache_entries:
                 self._cache.popitem(last=False)
@@ -110,9 +113,11 @@ class SideTable:
                 number += 1
                 if number == 1 and line.startswith(BOM):
                     offset, line = len(BOM), line[len(BOM):]
-                found, _ = self._split(number, line.rstrip(b"\r\n"))
+                found, _ = _split(line.rstrip(b"\r\n"), self.separator)
                 if found is not None:
                     rows.append((found, offset, len(line)))
+                elif line.strip():
+                    self.malformed(self.path, number, "no key before the first separator")
                 offset += len(line)
                 if len(rows) >= _INDEX_BATCH:
                     db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)", rows)
@@ -145,12 +150,26 @@ class SideTable:
             self._tmp.cleanup()
 
 
+class SideRows:
+    """Side rows handed over whole (`{key: rest}`), with `SideTable.lookup`'s interface:
+    what a distributed runner, which joins the files itself, gives a block."""
+
+    def __init__(self, rows: Dict[bytes, bytes]):
+        self.rows = rows
+
+    def lookup(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
+        return [self.rows.get(key) for key in keys]
+
+
 class SideFileJoin:
     """Mixin of the raw readers: the rows of `main_paths()` joined with one side file
     (`side_path()`), read through a `SideTable` (`self.side`) during each pass.
 
     Takes `cache_entries` (side rows kept in memory) and `index_dir` (where the
-    on-disk index goes if the files are not in the same key order).
+    on-disk index goes if the files are not in the same key order). A distributed
+    runner joins the files itself: `side_key` names the side row a main-file line
+    refers to, `side_rows` streams the side file's rows, and `parse_block` takes a
+    block's side rows.
     """
 
     joins = True
@@ -165,6 +184,21 @@ class SideFileJoin:
     def side_key(self, line: bytes) -> Optional[bytes]:
         """The side-file key a main-file line refers to (None for a line without one)."""
         raise NotImplementedError
+
+    def side_rows(self, block_bytes: Optional[int] = None) -> Iterator[Tuple[bytes, bytes]]:
+        """`(key, rest)` of every row of the side file (`keyed_rows`)."""
+        return keyed_rows(self.side_path(), self.malformed,
+                          block_bytes=block_bytes or self.block_bytes)
+
+    def parse_block(self, block: bytes, first_line: int, path: str, index: int = 0,
+                    side_rows: Optional[Dict[bytes, bytes]] = None):
+        """`Reader.parse_block`, the block's lines joined with `side_rows`: `{key:
+        rest}` of (at least) every key they refer to (`side_key`); a key it lacks is
+        one the side file lacks."""
+        if side_rows is None:
+            raise TypeError(f"{self.format} joins a side file: parse_block needs side_rows")
+        self.side = SideRows(side_rows)
+        return super().parse_block(block, first_line, path, index)
 
     @contextlib.contextmanager
     def _session(self):

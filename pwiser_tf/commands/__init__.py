@@ -1,18 +1,62 @@
 """Subcommands of `pwiser-tf`: each module has `add_arguments(parser)` and `run(args)`.
 
-The arguments that several subcommands share are defined here once.
+The arguments that several subcommands share are defined here once. A flag that
+sets a configuration key is made by `add_setting` from the key's field in
+`pwiser_tf.config`: its type, its choices (a `Literal`'s values) and its help
+come from there, and its value goes into the configuration like `--set KEY=VALUE`.
 """
+import argparse
 import json
 import sys
+import typing
+from typing import Callable, Optional
 
 from pwiser_tf import config as config_lib
+
+# The `dest` prefix of the flags that set a configuration key (`add_setting`).
+SETTING = "setting:"
+
+
+def add_setting(parser, key: str, flag: Optional[str] = None,
+                show_default: bool = False) -> None:
+    """A flag for the configuration key `key` (e.g. `train.epochs` -> `--epochs`).
+
+    Its type, choices and help come from the key's field; a list field takes a
+    comma-separated list. Unset, the flag leaves the configuration as it is;
+    `show_default` adds the field's default to the help (where the command's
+    base configuration does not set the key)."""
+    annotation, info = config_lib.field(key)
+    item = annotation
+    if typing.get_origin(annotation) is list:
+        item = typing.get_args(annotation)[0]
+    choices = typing.get_args(item) if typing.get_origin(item) is typing.Literal else None
+    kind = type(choices[0]) if choices else item
+    help_text = info.description or key
+    if show_default:
+        help_text += f" (default {info.default})"
+    argument = {"help": f"{help_text} [{key}]", "default": None, "dest": SETTING + key}
+    if item is not annotation:
+        if choices:
+            argument["help"] = f"{help_text}, of {', '.join(choices)} [{key}]"
+        argument.update(type=csv_list(kind, choices), metavar="A,B,...")
+    else:
+        argument.update(type=kind, choices=choices,
+                        metavar=None if choices else key.rsplit(".", 1)[-1].upper())
+    parser.add_argument(flag or "--" + key.rsplit(".", 1)[-1].replace("_", "-"), **argument)
+
+
+def settings_given(args) -> dict:
+    """`{configuration key: value}` of the `add_setting` flags given."""
+    return {name[len(SETTING):]: value for name, value in vars(args).items()
+            if name.startswith(SETTING) and value is not None}
 
 
 def add_grid_arguments(parser) -> None:
     """Arguments of the commands that run a grid of training runs."""
-    parser.add_argument("--seeds", type=csv_list(int), help="e.g. 0,1,2")
-    parser.add_argument("--epochs", type=int, help="maximum epochs of each run")
-    parser.add_argument("--rows", type=int, help="rows of the built-in synthetic data")
+    add_setting(parser, "seeds")
+    add_setting(parser, "train.epochs")
+    parser.add_argument("--rows", type=int, help=config_lib.SynthSettings.model_fields[
+        "rows"].description + ", in every synth: dataset")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute the runs in DIR that have other settings (each "
@@ -24,7 +68,7 @@ def add_grid_arguments(parser) -> None:
 
 def add_device_arguments(parser) -> None:
     """Where and how the runs train: strategy, virtual devices, precision."""
-    from pwiser_tf.distribute import PRECISIONS, STRATEGIES
+    from pwiser_tf.distribute import STRATEGIES
 
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="tf.distribute strategy (default auto: a TPU when attached, "
@@ -33,9 +77,12 @@ def add_device_arguments(parser) -> None:
     parser.add_argument("--virtual-devices", type=int, metavar="N",
                         help="split the first GPU (or the CPU) into N logical devices, to "
                              "try a strategy on one device")
-    parser.add_argument("--mixed-precision", choices=tuple(PRECISIONS),
-                        help="train.mixed_precision: off (float32), bf16 or fp16 "
-                             "(the heads' outputs and the loss stay float32)")
+    add_setting(parser, "train.mixed_precision")
+
+
+def add_progress_argument(parser, help_text: str = "hide progress bars") -> None:
+    """`--no-progress`; `progress_enabled(args)` reads it."""
+    parser.add_argument("--no-progress", action="store_true", help=help_text)
 
 
 def add_config_arguments(parser) -> None:
@@ -45,11 +92,13 @@ def add_config_arguments(parser) -> None:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override one configuration entry, e.g. train.epochs=3 "
                              "(repeatable; the value is parsed as YAML)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_argument(parser)
 
 
-def resolve_config(args, builtin: str, flags: dict) -> dict:
-    """The base configuration, then --config, then the dedicated flags, then --set.
+def resolve_config(args, builtin: str,
+                   adjust: Optional[Callable[[dict], None]] = None) -> config_lib.Config:
+    """The base configuration, then --config, then the setting flags, then --set,
+    then `adjust(config)` (a command's own flags, e.g. --data); validated and typed.
 
     The packaged `builtin` configuration (`default`, `sweep`) describes the
     built-in runs on synthetic data. With your own data (`--data`) or a
@@ -63,18 +112,26 @@ def resolve_config(args, builtin: str, flags: dict) -> dict:
     else:
         base = config_lib.packaged(builtin)
     config = config_lib.resolve(base, args.config)
-    for key, value in flags.items():
-        if value is not None:
-            config_lib.override(config, f"{key}={json.dumps(value)}")
+    for key, value in settings_given(args).items():
+        config_lib.override(config, f"{key}={json.dumps(value)}")
     for assignment in args.set:
         config_lib.override(config, assignment)
+    if adjust is not None:
+        adjust(config)
     return config_lib.validate(config)
 
 
-def csv_list(kind):
-    """argparse type: a comma-separated list, e.g. `--models mmoe,ple`."""
+def csv_list(kind, choices=None):
+    """argparse type: a comma-separated list, e.g. `--models mmoe,ple`; with `choices`,
+    each item must be one of them."""
     def parse(text):
-        return [kind(item) for item in text.split(",") if item.strip()]
+        items = [kind(item.strip()) for item in text.split(",") if item.strip()]
+        for item in items:
+            if choices is not None and item not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice: {item!r} (choose from {', '.join(map(str, choices))})")
+        return items
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names it in errors
     return parse
 
 
@@ -86,6 +143,6 @@ def set_synthetic_rows(config: dict, rows) -> None:
     """`--rows`: the size of every generated (synthetic) dataset of the configuration."""
     if rows is None:
         return
-    for spec in config["datasets"].values():
-        if isinstance(spec, dict) and "synth" in spec:
+    for spec in (config.get("datasets") or {}).values():
+        if isinstance(spec, dict) and isinstance(spec.get("synth"), dict):
             spec["synth"]["rows"] = rows

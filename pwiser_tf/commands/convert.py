@@ -9,8 +9,11 @@ The raw formats take both files of each split (`nl_user_train.csv
 nl_item_train.csv`, `sample_skeleton_train.csv common_features_train.csv`).
 Rerunning the same command resumes an interrupted conversion.
 """
+import argparse
 import json
 
+from pwiser_tf import options as choices
+from pwiser_tf.commands import add_progress_argument
 from pwiser_tf.pipelines.readers import FORMATS  # light: no TensorFlow until run()
 
 
@@ -28,16 +31,23 @@ def add_arguments(parser):
     parser.add_argument("--records-per-shard", type=int, default=500_000)
     parser.add_argument("--skip-malformed", action="store_true",
                         help="skip and count malformed lines instead of stopping")
-    parser.add_argument("--conversions-without-click", choices=("drop", "click"),
-                        default="drop",
-                        help="rows with click 0 and conversion 1: drop them (default, as "
-                             "the public pipelines do) or keep them as clicks")
+    parser.add_argument("--conversion-without-click",
+                        choices=choices.CONVERSION_WITHOUT_CLICK_IN_CONVERT,
+                        default=choices.DROP,
+                        help="rows with click 0 and conversion 1: drop them (default, as the "
+                             "public pipelines do), keep them as_click (a click and a "
+                             "conversion) or stop with an error naming the file and line")
+    # the policy's earlier spelling: refused with the new one's name (`run`)
+    parser.add_argument("--conversions-without-click", dest="renamed_policy",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--cache-entries", type=int,
                         help="raw formats: user / common-features rows kept in memory while "
                              "joining (default 65536)")
     parser.add_argument("--index-dir", default="",
                         help="raw formats: where to build the on-disk join index if the two "
-                             "files are not in the same key order (default: a temp dir)")
+                             "files are not in the same key order (default: DIR/.index, "
+                             "inside the output, removed when done; a temporary folder when "
+                             "DIR is remote)")
     parser.add_argument("--remap-ids", action="store_true",
                         help="renumber each field's ids 1..k over all splits (one extra pass) "
                              "and save the map as DIR/id_maps.npz; for ali-ccp-raw, whose ids "
@@ -52,12 +62,15 @@ def add_arguments(parser):
     parser.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a Beam pipeline option, repeatable (e.g. direct_num_workers=2, "
                              "project=..., temp_location=gs://...)")
-    parser.add_argument("--no-progress", action="store_true")
+    add_progress_argument(parser)
 
 
 def run(args):
     from pwiser_tf.errors import InputError
+    from pwiser_tf.pipelines.readers import RENAMED_MESSAGE
 
+    if args.renamed_policy is not None:
+        raise InputError(RENAMED_MESSAGE)
     if args.records_per_shard < 1:  # not one file per record
         raise InputError(f"--records-per-shard must be at least 1, got {args.records_per_shard}")
     from pwiser_tf.pipelines.convert import convert
@@ -70,7 +83,7 @@ def run(args):
     common = dict(validation_fraction=args.validation_fraction, seed=args.seed,
                   compression="GZIP" if args.compression == "gzip" else "",
                   skip_malformed=args.skip_malformed,
-                  conversions_without_click=args.conversions_without_click,
+                  conversion_without_click=args.conversion_without_click,
                   remap_ids=args.remap_ids, overwrite=args.overwrite, **options)
     if args.runner == "local":
         if args.beam_option:

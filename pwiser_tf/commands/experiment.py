@@ -4,7 +4,7 @@ When runs failed (diverged), the tables are printed and the command exits with
 status 2 after writing results.csv and report.md, which mark them failed."""
 import os
 
-from pwiser_tf.commands import (add_grid_arguments, csv_list, progress_enabled,
+from pwiser_tf.commands import (add_grid_arguments, add_setting, progress_enabled,
                                 resolve_config, set_synthetic_rows)
 
 
@@ -13,21 +13,21 @@ def add_arguments(parser):
                         help="converted directories to compare on, each a dataset named "
                              "after its folder (default: the configuration's datasets; "
                              "built in: generated synthetic data)")
-    parser.add_argument("--models", type=csv_list(str), help="e.g. mmoe,ple,esmm")
-    parser.add_argument("--losses", type=csv_list(str), help="bce,pwiser")
+    add_setting(parser, "models")
+    add_setting(parser, "losses")
     add_grid_arguments(parser)
 
 
 def run(args):
     from pwiser_tf import experiment, report
 
-    config = resolve_config(args, "default", {
-        "models": args.models, "losses": args.losses, "seeds": args.seeds,
-        "train.epochs": args.epochs, "train.mixed_precision": args.mixed_precision})
-    if args.data:
-        config["datasets"] = {os.path.basename(os.path.normpath(d)): {"data": d}
-                              for d in args.data}
-    set_synthetic_rows(config, args.rows)
+    def own_data(config):
+        if args.data:
+            config["datasets"] = {os.path.basename(os.path.normpath(d)): {"data": d}
+                                  for d in args.data}
+        set_synthetic_rows(config, args.rows)
+
+    config = resolve_config(args, "default", own_data)
     failure = None
     try:
         rows = experiment.run_experiment(config, args.output, progress=progress_enabled(args),

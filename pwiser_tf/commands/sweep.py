@@ -1,17 +1,15 @@
 """`pwiser-tf sweep`: PWiseR's settings on one dataset, axis by axis (`pwiser_tf.sweep`)."""
-from pwiser_tf.commands import (add_grid_arguments, csv_list, progress_enabled,
+from pwiser_tf.commands import (add_grid_arguments, add_setting, progress_enabled,
                                 resolve_config, set_synthetic_rows)
 
 
 def add_arguments(parser):
     parser.add_argument("--data", metavar="DIR",
-                        help="converted directory (default: the built-in synthetic data, with the small networks of the packaged sweep configuration)")
-    parser.add_argument("--model", help="model to sweep on (default mmoe)")
-    parser.add_argument("--weights", type=csv_list(float),
-                        help="pwiser_weight values (the sweep.axes.pwiser_weight axis)")
-    parser.add_argument("--margins", type=csv_list(float),
-                        help="margin values, margin_click = margin_nonclick "
-                             "(the sweep.axes.margin axis)")
+                        help="converted directory (default: the built-in synthetic data, "
+                             "with the small networks of the packaged sweep configuration)")
+    add_setting(parser, "sweep.model", show_default=True)
+    add_setting(parser, "sweep.axes.pwiser_weight", flag="--weights")
+    add_setting(parser, "sweep.axes.margin", flag="--margins")
     add_grid_arguments(parser)
 
 
@@ -20,13 +18,13 @@ def run(args):
 
     from pwiser_tf import experiment, sweep
 
-    config = resolve_config(args, "sweep", {
-        "sweep.model": args.model, "sweep.axes.pwiser_weight": args.weights,
-        "sweep.axes.margin": args.margins, "seeds": args.seeds, "train.epochs": args.epochs,
-        "train.mixed_precision": args.mixed_precision})
-    if args.data:
-        config["datasets"] = {os.path.basename(os.path.normpath(args.data)): {"data": args.data}}
-    set_synthetic_rows(config, args.rows)
+    def own_data(config):
+        if args.data:
+            config["datasets"] = {os.path.basename(os.path.normpath(args.data)):
+                                  {"data": args.data}}
+        set_synthetic_rows(config, args.rows)
+
+    config = resolve_config(args, "sweep", own_data)
     try:
         print(sweep.run_sweep(config, args.output, progress=progress_enabled(args),
                               strategy=args.strategy, virtual_devices=args.virtual_devices,

@@ -4,6 +4,7 @@
 """
 import json
 
+from pwiser_tf.commands import add_progress_argument
 from pwiser_tf.errors import InputError
 
 
@@ -28,7 +29,7 @@ def add_arguments(parser):
                              "0.5 Ali-CCP)")
     parser.add_argument("--country", default="nl",
                         help="AliExpress file prefix: nl, es, fr, us or ru (default nl)")
-    parser.add_argument("--no-progress", action="store_true", help="print nothing per chunk")
+    add_progress_argument(parser, "print nothing per chunk")
 
 
 def run(args):

@@ -20,6 +20,10 @@ def test_value_is_bce_plus_weighted_pwiser():
     loss_cases.check_value_is_bce_plus_weighted_pwiser()
 
 
+def test_reduction_none_gives_one_value_per_row():
+    loss_cases.check_reduction_none_gives_rows()
+
+
 def test_compile_fit_save_reload(tmp_path):
     loss_cases.check_compile_fit_save_reload(tmp_path)
 
