@@ -140,7 +140,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--output", required=True, help="pipeline root, metadata, pushed models")
     parser.add_argument("--model", default="mmoe")
     parser.add_argument("--loss", default="pwiser", choices=("bce", "pwiser"))
-    parser.add_argument("--train-steps", type=int, help="default: one pass (TrainArgs())")
+    parser.add_argument("--train-steps", type=int,
+                        help="default: whole epochs (train.epochs) with early stopping on "
+                             "the eval split (TrainArgs())")
     parser.add_argument("--eval-steps", type=int, help="default: all eval records")
     parser.add_argument("--slice", action="append", default=[], metavar="COLUMN",
                         help="also report the AUCs per value of this feature")

@@ -185,6 +185,15 @@ class TrainingState(tf.keras.callbacks.Callback):
         seconds = self.state["seconds"]
         return self.state["examples"] / seconds if seconds else float("nan")
 
+    def summary(self) -> dict:
+        """The training in a run's metrics: its throughput, the epochs trained, the
+        best epoch and its value of the monitored metric (`best_val_ctcvr_auc`)."""
+        best = self.state["best"]
+        return {"train_examples_per_sec": self.examples_per_sec,
+                "epochs_trained": len(self.state["history"].get(self.monitor, [])),
+                "best_epoch": int(self.state["best_epoch"]),
+                f"best_{self.monitor}": float(best) if best is not None else float("nan")}
+
 
 class ReplicaStatistics(tf.keras.callbacks.Callback):
     """Under a strategy, sets every replica's copy of the model's per-replica

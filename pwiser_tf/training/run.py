@@ -130,13 +130,8 @@ def _run_in(staging: str, spec: RunSpec, progress: bool, strategy=None,
                              f"(best epoch {state.state['best_epoch']})")
     result = metrics.ctr_cvr_metrics(labels, predictions)
     history = state.state["history"]
-    monitored = history.get(MONITOR, [])
+    result.update(state.summary())
     result.update({
-        "train_examples_per_sec": state.examples_per_sec,
-        "epochs_trained": len(monitored),
-        "best_epoch": int(state.state["best_epoch"]),
-        "best_val_ctcvr_auc": float(state.state["best"]) if state.state["best"] is not None
-        else float("nan"),
         "eval_split": spec.eval_split,
         "replicas": int(strategy.num_replicas_in_sync),  # the devices it trained on
         "version": __version__,  # the pwiser-tf that trained it
