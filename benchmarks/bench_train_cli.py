@@ -12,10 +12,12 @@ patience as long, `--batch-size`, seed 0, the reference sizes, a fresh `--output
 time) of every tree in turn, the order reversed every other round, `--repeats` rounds.
 
 Prints per tree the best and the median wall time (Python and TensorFlow start, the
-validation and the final scoring included) and the median training examples/s that the
-run records (`train_examples_per_sec` in its `metrics.json`: the training steps only),
-and each tree's medians against the first tree's. The machine may be shared: the best
-run is the least disturbed, the median the typical one.
+validation and the final scoring included), the median CPU time of the command (user +
+system: less disturbed than the wall time when other jobs share the cores), the median
+training examples/s that the run records (`train_examples_per_sec` in its
+`metrics.json`: the training steps only), and each tree's medians against the first
+tree's. The machine may be shared: the best run is the least disturbed, the median the
+typical one.
 
 A tree is a checkout of this repository, run with its own `pwiser_tf` whatever is
 installed (`package_root` of bench_convert_cli.py); the flags used are the ones that
@@ -24,6 +26,7 @@ every tree since the `--set` overrides has.
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,15 +62,22 @@ def make_data(site: str, rows: int, root: str) -> str:
 
 
 def train(site: str, data: str, output: str, args) -> tuple:
-    """Wall seconds of one training run and the examples/s it records."""
-    start = time.perf_counter()
+    """Wall seconds, CPU seconds (user + system) of one training run and the examples/s
+    it records. The CPU seconds vary less than the wall time when other jobs share the
+    cores."""
+    start, cpu = time.perf_counter(), children_cpu_seconds()
     cli(site, "train", "--data", data, "--model", "mmoe", "--loss", "pwiser",
         "--epochs", str(args.epochs), "--patience", str(args.epochs),
         "--batch-size", str(args.batch_size), "--seed", "0", "--output", output,
         "--no-progress")
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu
     with open(os.path.join(output, "metrics.json")) as file:
-        return seconds, json.load(file)["train_examples_per_sec"]
+        return seconds, cpu, json.load(file)["train_examples_per_sec"]
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv=None):
@@ -97,17 +107,19 @@ def main(argv=None):
                 output = os.path.join(root, f"out-{name}-{repeat}")
                 runs[name].append(train(site, data, output, args))
                 shutil.rmtree(output)
-                print(f"  round {repeat + 1} {name:10s} {runs[name][-1][0]:7.1f} s "
-                      f"{runs[name][-1][1]:8,.0f} ex/s", flush=True)
+                seconds, cpu, rate = runs[name][-1]
+                print(f"  round {repeat + 1} {name:10s} {seconds:7.1f} s wall {cpu:7.1f} s cpu "
+                      f"{rate:8,.0f} ex/s", flush=True)
         baseline = None
-        print(f"{'tree':10s} {'best s':>8s} {'median s':>9s} {'median ex/s':>12s} "
-              f"{'wall ratio':>11s} {'ex/s ratio':>11s}")
+        print(f"{'tree':10s} {'best s':>7s} {'median s':>9s} {'median cpu s':>13s} "
+              f"{'median ex/s':>12s}   ratios of the medians: wall, cpu, ex/s")
         for name, timings in runs.items():
-            wall = statistics.median(seconds for seconds, _ in timings)
-            speed = statistics.median(rate for _, rate in timings)
-            baseline = baseline or (wall, speed)
-            print(f"{name:10s} {min(s for s, _ in timings):8.1f} {wall:9.1f} {speed:12,.0f} "
-                  f"{wall / baseline[0]:10.3f}x {speed / baseline[1]:10.3f}x")
+            best = min(seconds for seconds, _, _ in timings)
+            medians = [statistics.median(column) for column in zip(*timings)]
+            baseline = baseline or medians
+            ratios = ", ".join(f"{value / base:.3f}x" for value, base in zip(medians, baseline))
+            print(f"{name:10s} {best:7.1f} {medians[0]:9.1f} {medians[1]:13.1f} "
+                  f"{medians[2]:12,.0f}   {ratios}")
     finally:
         shutil.rmtree(root)
 
