@@ -51,6 +51,15 @@ def test_the_cli_takes_the_new_flag(tmp_path):
     assert Metadata.load(out).splits["test"].counts["rows"] == 50
 
 
+def test_a_repeated_input_flag_adds_its_files(tmp_path):
+    # argparse keeps the last of a repeated flag, so the train input was dropped unnoticed;
+    # both are seen now, and one file given as two splits is refused
+    twice = str(tmp_path / "twice")
+    assert cli.main(["convert", "--format", "aitm-csv", "--no-progress", "--output", twice,
+                     "--input", "train=" + AITM_TEST, "--input", "test=" + AITM_TEST]) == 2
+    assert not os.path.exists(twice)
+
+
 def test_the_old_spelling_is_refused_with_the_new_name(tmp_path, capsys):
     out = str(tmp_path / "out")
     assert cli.main(["convert", "--format", "aitm-csv", "--no-progress", "--output", out,

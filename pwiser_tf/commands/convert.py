@@ -19,9 +19,11 @@ from pwiser_tf.pipelines.readers import FORMATS  # light: no TensorFlow until ru
 
 def add_arguments(parser):
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--input", required=True, nargs="+", metavar="[SPLIT=]PATH",
-                        help="input files; SPLIT is train, validation or test (default: "
-                             "from the file or folder name)")
+    # "extend": a repeated --input adds its files (argparse would keep the last one only)
+    parser.add_argument("--input", required=True, nargs="+", action="extend",
+                        metavar="[SPLIT=]PATH",
+                        help="input files, repeatable; SPLIT is train, validation or test "
+                             "(default: from the file or folder name)")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--validation-fraction", type=float, default=0.0,
                         help="share of train rows moved to a validation split by a hash of "

@@ -9,7 +9,7 @@ from pwiser_tf.commands import (add_grid_arguments, add_setting, progress_enable
 
 
 def add_arguments(parser):
-    parser.add_argument("--data", nargs="+", metavar="DIR",
+    parser.add_argument("--data", nargs="+", action="extend", metavar="DIR",
                         help="converted directories to compare on, each a dataset named "
                              "after its folder (default: the configuration's datasets; "
                              "built in: generated synthetic data)")
