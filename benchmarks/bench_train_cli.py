@@ -1,7 +1,7 @@
 """`pwiser-tf train` end to end, one source tree beside another (e.g. before and after a change).
 
     mkdir -p /tmp/before && git archive HEAD | tar -x -C /tmp/before
-    python benchmarks/bench_train_cli.py --rows 100000 --epochs 2 \\
+    python benchmarks/bench_train_cli.py --rows 20000 --epochs 2 --repeats 3 \\
         --tree before=/tmp/before --tree after=.
 
 Synthesizes `--rows` AliExpress-like exposures once (`pwiser-tf synth`, seed 0) and
@@ -20,8 +20,8 @@ tree's. The machine may be shared: the best run is the least disturbed, the medi
 typical one.
 
 A tree is a checkout of this repository, run with its own `pwiser_tf` whatever is
-installed (`package_root` of bench_convert_cli.py); the flags used are the ones that
-every tree since the `--set` overrides has.
+installed (`package_root` of bench_convert_cli.py). The flags passed to `train` are
+common to the trees before and after the training package (4a1ecce, ae5ccf5).
 """
 import argparse
 import json
@@ -82,7 +82,7 @@ def children_cpu_seconds() -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000,
+    parser.add_argument("--rows", type=int, default=20_000,
                         help="synthetic exposures in all splits (30%% go to test)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)
