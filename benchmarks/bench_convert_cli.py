@@ -38,6 +38,15 @@ def package_root(tree: str, into: str) -> str:
     return root
 
 
+def package_roots(entries, into: str) -> dict:
+    """`NAME=PATH` trees -> {name: the tree's package root}, in the order given."""
+    roots = {}
+    for entry in entries:
+        name, _, path = entry.partition("=")
+        roots[name] = package_root(path, os.path.join(into, name))
+    return roots
+
+
 BEAM = ["--runner", "direct", "--beam-option", "direct_num_workers=2",
         "--beam-option", "direct_running_mode=multi_threading"]
 
@@ -64,10 +73,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     root = tempfile.mkdtemp(prefix="bench_convert_cli_")
     try:
-        trees = {}
-        for entry in args.tree:
-            name, _, path = entry.partition("=")
-            trees[name] = package_root(path, os.path.join(root, name))
+        trees = package_roots(args.tree, root)
         source = os.path.join(root, "train.csv")
         write_csv(source, args.rows)
         print(f"rows={args.rows} ({os.path.getsize(source) / 2**20:.0f} MiB) "

@@ -35,7 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_convert_cli import package_root  # noqa: E402
+from bench_convert_cli import package_roots  # noqa: E402
 
 
 def cli(site: str, *arguments: str) -> None:
@@ -93,10 +93,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     root = tempfile.mkdtemp(prefix="bench_train_cli_")
     try:
-        trees = {}
-        for entry in args.tree:
-            name, _, path = entry.partition("=")
-            trees[name] = package_root(path, os.path.join(root, name))
+        trees = package_roots(args.tree, root)
         data = make_data(list(trees.values())[-1], args.rows, root)
         print(f"rows={args.rows} epochs={args.epochs} batch={args.batch_size} "
               f"repeats={args.repeats} cpus={os.cpu_count()} model=mmoe loss=pwiser")
