@@ -147,8 +147,11 @@ def test_experiment_grid_resumes_after_interrupt(converted, tmp_path):
             "--seeds", "0,1,2", "--epochs", "1", "--output", str(out), "--no-progress", *TINY]
     cells = {(loss, seed): out / "runs" / "data" / "shared-bottom" / loss / f"seed{seed}" /
              "metrics.json" for loss in ("bce", "pwiser") for seed in (0, 1, 2)}
+    # A job started in the background (`cmd &`, as CI may run pytest) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: restore the default.
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not any(c.exists() for c in cells.values()) and proc.poll() is None \
             and time.time() < deadline:
