@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from pwiser_tf.errors import InputError
-from pwiser_tf.losses import BinaryCrossentropy, PWiseRLoss
+from pwiser_tf.tf_keras_losses import BinaryCrossentropy, PWiseRLoss
 from pwiser_tf.models.embedding import FeatureEmbedding, as_schema
 from pwiser_tf.models.layers import Tower
 from pwiser_tf.models.task import PWISER_DEFAULTS, CtrCvrTask

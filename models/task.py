@@ -26,7 +26,8 @@ import tensorflow as tf
 
 from pwiser_tf import kernel
 from pwiser_tf.errors import InputError
-from pwiser_tf.losses import BinaryCrossentropy, PWiseRLoss, binary_crossentropy, compose, logit
+from pwiser_tf.losses import binary_crossentropy, compose, logit
+from pwiser_tf.tf_keras_losses import BinaryCrossentropy, PWiseRLoss
 from pwiser_tf.options import HEADS, PWISER_HEAD
 
 # PWiseR's strength and margins: the kernel's defaults, tuned by `pwiser-tf sweep` on the

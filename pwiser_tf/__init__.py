@@ -1,14 +1,21 @@
 """pwiser-tf: the PWiseR pairwise ranking loss and multi-task CTR/CVR models.
 
-The top-level names load lazily: importing the package does not import TensorFlow,
-so the program that imports TensorFlow first still chooses the Keras flavour
-(Keras 3, or tf-keras with `TF_USE_LEGACY_KERAS=1`). As soon as TensorFlow is
-loaded, `PWiseRLoss` is registered with that Keras, so `load_model` finds it
-without `custom_objects`.
+Importing the package imports no framework: the commands that need none (`synth`,
+the configuration) start in a fraction of a second, and the program still picks
+Keras' backend and flavour. The losses are registered the ordinary way
+(`keras.saving.register_keras_serializable`, and tf-keras' own for
+`pwiser_tf.tf_keras_losses`) by importing their module, which happens as soon as
+the Keras they belong to is imported, before or after this package: so
+`load_model` finds them after `import keras; import pwiser_tf` in either order.
+
+`PWiseRLoss` and `PackedAUC` at the top level are those of the Keras that
+`tf.keras` is: Keras 3 (`pwiser_tf.losses`), or tf-keras under
+`TF_USE_LEGACY_KERAS=1` (`pwiser_tf.tf_keras_losses`).
 """
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 
 __version__ = "0.1.0"
@@ -16,72 +23,78 @@ __version__ = "0.1.0"
 _LAZY = {
     "pwiser": "pwiser_tf.kernel",
     "pwiser_dense": "pwiser_tf.kernel",
-    "PWiseRLoss": "pwiser_tf.losses",
-    "PackedAUC": "pwiser_tf.losses",
     "InputError": "pwiser_tf.errors",
 }
+_LOSSES = ("PWiseRLoss", "PackedAUC")
+# Each Keras, and the module whose import registers the project's objects with it.
+_REGISTRATIONS = {"keras": "pwiser_tf.losses", "tf_keras": "pwiser_tf.tf_keras_losses"}
+
+
+def _tf_keras_is_active() -> bool:
+    """Whether `tf.keras` is tf-keras: TensorFlow's own rule."""
+    return os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true")
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LOSSES:
+        module = _REGISTRATIONS["tf_keras" if _tf_keras_is_active() else "keras"]
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'pwiser_tf' has no attribute {name!r}")
 
 
-def _register_loss() -> None:
-    importlib.import_module("pwiser_tf.losses")  # defining the class registers it
+class _RegisterOnImport(importlib.abc.MetaPathFinder):
+    """Imports `_REGISTRATIONS[name]` right after the Keras `name` is imported.
 
-
-def _register_when_keras_loads() -> None:
-    """Registers `PWiseRLoss` with the Keras `tf.keras` resolves to, once it resolves.
-
-    TensorFlow picks the Keras flavour the first time `tf.keras` is used (from
-    `TF_USE_LEGACY_KERAS` at that moment). Registering right away would make that
-    choice at import time; waiting for TensorFlow's own first use of `tf.keras`
-    leaves it to the program (the TFX Trainer's `run_fn` selects tf-keras itself
-    after the executor has imported TensorFlow and this package).
+    It only watches the import statement: it finds nothing itself (the module's
+    own finder does) and patches nothing of Keras or TensorFlow.
     """
-    loader = sys.modules["tensorflow"].__dict__.get("keras")
-    state = getattr(loader, "__dict__", {})
-    if state.get("_tfll_initialized", True) or not hasattr(type(loader), "_initialize"):
-        _register_loss()  # Keras is already chosen (or TensorFlow works differently)
-        return
-    initialize = loader._initialize
-
-    def initialize_then_register():
-        initialize()
-        _register_loss()
-
-    loader.__dict__["_initialize"] = initialize_then_register  # (its __setattr__ loads)
-
-
-class _RegisterAfterTensorFlow(importlib.abc.MetaPathFinder):
-    """Registers `PWiseRLoss` right after TensorFlow's own import finishes."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name not in _REGISTRATIONS or name in sys.modules:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            exec_module = spec.loader.exec_module
-
-            def exec_then_register(module):
-                exec_module(module)
-                _register_when_keras_loads()
-
-            spec.loader.exec_module = exec_then_register
+        for finder in sys.meta_path:  # the spec as the other finders give it
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _ThenRegister(spec.loader, _REGISTRATIONS[name])
         return spec
 
 
-if "tensorflow" in sys.modules:
-    _register_when_keras_loads()
-elif not any(isinstance(f, _RegisterAfterTensorFlow) for f in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterTensorFlow())
+class _ThenRegister(importlib.abc.Loader):
+    def __init__(self, loader, registration):
+        self.loader, self.registration = loader, registration
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        importlib.import_module(self.registration)
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ...
+        return getattr(self.loader, name)
+
+
+def _register() -> None:
+    for keras_name, registration in _REGISTRATIONS.items():
+        if keras_name in sys.modules:
+            importlib.import_module(registration)
+    if not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnImport())
+
+
+_register()
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(list(globals()) + list(_LAZY) + list(_LOSSES))
 
 
 __all__ = ["pwiser", "pwiser_dense", "PWiseRLoss", "PackedAUC", "InputError", "__version__"]

@@ -33,24 +33,27 @@ given for their own use. With `reduction="none"` a loss returns per-row values
 unscaled: whoever reduces them over the global batch (for example
 `tf.nn.compute_average_loss` with the global batch size) takes the share.
 Outside a replica of such a strategy (one device, the default strategy,
-cross-replica context), everything here is the identity.
+cross-replica context), and on the JAX and PyTorch backends, everything here is
+the identity: JAX's `keras.distribution.DataParallel` traces the loss over the
+global batch, so its terms are the global batch's already.
 
 Example:
 
->>> import tensorflow as tf
+>>> from keras import ops
 >>> num_replicas()  # one device: the rows stay as they are
 1
->>> scores, labels = gather([tf.constant([0.3, 0.7]), tf.constant([1., 0.])])
->>> scores.numpy().tolist()
+>>> scores, labels = gather([ops.array([0.3, 0.7]), ops.array([1., 0.])])
+>>> ops.convert_to_numpy(scores).tolist()
 [0.30000001192092896, 0.699999988079071]
->>> float(reduce_rows(tf.constant([1., 3., 5.]), tf.constant([1., 1., 0.]), "mean"))
+>>> float(reduce_rows(ops.array([1., 3., 5.]), ops.array([1., 1., 0.]), "mean"))
 2.0
 """
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from pwiser_tf import backend
 from pwiser_tf.errors import InputError
 from pwiser_tf.options import PAIRS  # the choices, written once without TensorFlow
 
@@ -72,8 +75,12 @@ def check_reduction(reduction, owner: str) -> str:
     return "none" if reduction is None else reduction
 
 
-def replica_context() -> Optional[tf.distribute.ReplicaContext]:
-    """The replica context of a strategy with more than one replica in sync, else None."""
+def replica_context():
+    """The `tf.distribute.ReplicaContext` of a strategy with more than one replica
+    in sync, else None (always None off the TensorFlow backend)."""
+    if backend.name() != "tensorflow":
+        return None
+    import tensorflow as tf
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync <= 1:
         return None
@@ -86,7 +93,7 @@ def num_replicas() -> int:
     return context.num_replicas_in_sync if context else 1
 
 
-def gather(tensors: Sequence[tf.Tensor], pairs: str = "global") -> List[tf.Tensor]:
+def gather(tensors: Sequence, pairs: str = "global") -> List:
     """Each `[B, ...]` tensor's rows from every replica, in replica order.
 
     One all-gather for all the tensors (they are cast to float32 and stacked);
@@ -96,6 +103,7 @@ def gather(tensors: Sequence[tf.Tensor], pairs: str = "global") -> List[tf.Tenso
     context = replica_context()
     if context is None or check_pairs(pairs) == "replica":
         return list(tensors)
+    import tensorflow as tf
     tensors = [tf.convert_to_tensor(t) for t in tensors]
     widths = [int(np.prod(t.shape[1:])) for t in tensors]  # static: the rows' sizes
     columns = [tf.reshape(tf.cast(t, tf.float32), [-1, width])
@@ -106,21 +114,22 @@ def gather(tensors: Sequence[tf.Tensor], pairs: str = "global") -> List[tf.Tenso
             for part, t in zip(parts, tensors)]
 
 
-def global_sum(value: tf.Tensor) -> tf.Tensor:
+def global_sum(value):
     """`value` summed over the replicas (differentiable); as is on one replica."""
     context = replica_context()
-    return value if context is None else context.all_reduce(
-        tf.distribute.ReduceOp.SUM, value)
+    if context is None:
+        return value
+    import tensorflow as tf
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
-def share(value: tf.Tensor) -> tf.Tensor:
+def share(value):
     """A replica's share of a global value: value / N (value on one replica)."""
     replicas = num_replicas()
     return value if replicas == 1 else value * (1.0 / replicas)
 
 
-def reduce_rows(values: tf.Tensor, labelled: tf.Tensor, reduction: str,
-                sample_weight: Optional[tf.Tensor] = None) -> tf.Tensor:
+def reduce_rows(values, labelled, reduction: str, sample_weight=None):
     """Keras' `reduction` of the per-row `values` over the global batch.
 
     `labelled` (1 or 0 per row) says which rows the term has: the others (a
@@ -137,21 +146,21 @@ def reduce_rows(values: tf.Tensor, labelled: tf.Tensor, reduction: str,
     if reduction in (None, "none"):
         return weighted
     if reduction == "sum":
-        return global_sum(tf.reduce_sum(weighted))
+        return global_sum(ops.sum(weighted))
     divisor = weights if reduction == "mean_with_sample_weight" else labelled
-    sums = global_sum(tf.stack([tf.reduce_sum(weighted), tf.reduce_sum(divisor)]))
-    return tf.math.divide_no_nan(sums[0], sums[1])
+    sums = global_sum(ops.stack([ops.sum(weighted), ops.sum(divisor)]))
+    return ops.divide_no_nan(sums[0], sums[1])
 
 
-def declared_reduction(reduction: str) -> str:
+def declared_reduction(reduction: str, tf_keras: bool) -> str:
     """The `reduction` a loss that returns its share declares to Keras (see
     above): `sum` to tf-keras for any reduced value, so that its `compile` does
     not divide the share by N again; Keras 3 reads a loss's reduction only in
     its own `Loss.__call__`, so the loss keeps its own (`auto` under the Keras 3
-    name)."""
+    name). `tf_keras`: whether the loss is a tf-keras `Loss`."""
     if reduction in (None, "none"):
         return "none"
-    if tf.keras.Model.__module__.split(".")[0] == "tf_keras":
+    if tf_keras:
         return "sum"
     return "sum_over_batch_size" if reduction == "auto" else reduction
 

@@ -10,7 +10,7 @@ import tensorflow_recommenders as tfrs
 
 from pwiser_tf import PackedAUC, PWiseRLoss, pwiser
 from pwiser_tf.errors import InputError
-from pwiser_tf.losses import BinaryCrossentropy
+from pwiser_tf.tf_keras_losses import BinaryCrossentropy
 from pwiser_tf.models.task import CtrCvrTask
 
 P = np.array([0.9, 0.2, 0.6, 0.1], np.float32)
@@ -152,10 +152,10 @@ def test_build_model_refuses_a_nan_weight():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(bce="binary_crossentropy"), "bce must be a pwiser_tf.losses.BinaryCrossentropy"),
+    (dict(bce="binary_crossentropy"), "bce must be a pwiser_tf.tf_keras_losses.BinaryCrossentropy"),
     (dict(bce=BinaryCrossentropy(reduction="none")), "bce must reduce its rows"),
     (dict(pwiser=PWiseRLoss()), "pwiser must be a PWiseRLoss with bce=False"),
-    (dict(pwiser=BinaryCrossentropy()), "pwiser must be a pwiser_tf.losses.PWiseRLoss"),
+    (dict(pwiser=BinaryCrossentropy()), "pwiser must be a pwiser_tf.tf_keras_losses.PWiseRLoss"),
 ])
 def test_the_task_refuses_loss_objects_it_cannot_compose(kwargs, message):
     with pytest.raises(InputError, match=message):

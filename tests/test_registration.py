@@ -34,4 +34,5 @@ def test_load_model_finds_the_loss_without_custom_objects(tmp_path, legacy):
         result = subprocess.run([sys.executable, "-c", textwrap.dedent(script.format(path=path))],
                                 env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[-3:] == ["pwiser_tf.losses", "PWiseRLoss", "0.5"]
+    module = "pwiser_tf.tf_keras_losses" if legacy == "1" else "pwiser_tf.losses"
+    assert result.stdout.split()[-3:] == [module, "PWiseRLoss", "0.5"]
