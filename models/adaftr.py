@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from pwiser_tf import replicas
+from pwiser_tf.contrastive import info_nce
 from pwiser_tf.errors import InputError
 from pwiser_tf.models.base import check_units, options, predictions
 from pwiser_tf.models.layers import MLP, dense
@@ -113,19 +114,17 @@ class AdaFTR(MMoE):
         return self.tau_min + (self.tau_max - self.tau_min) * gate
 
     def contrastive(self, z_ctr, z_cvr, tau):
-        """InfoNCE of each instance's CTR vs CVR representation at its temperature."""
+        """InfoNCE of each instance's CTR vs CVR representation at its temperature
+        (`pwiser_tf.contrastive`, whose Keras 3 loss is `ContrastiveAlignmentLoss`)."""
         if self.negatives == "batch":
             # Under a strategy, the CVR representations of every replica's rows
             # (`pairs="global"`), or of this replica's (`pairs="replica"`).
             candidates = replicas.gather([z_cvr], self.pairs)[0]
-            similarity = tf.matmul(z_ctr, candidates, transpose_b=True)  # [B, B_global]
-            positive = tf.reduce_sum(z_ctr * z_cvr, -1)
-        else:
-            positive = tf.reduce_sum(z_ctr * z_cvr, -1)
-            shift = tf.random.uniform([], 1, tf.maximum(tf.shape(z_ctr)[0], 2), tf.int32)
-            negative = tf.reduce_sum(z_ctr * tf.roll(z_cvr, shift, axis=0), -1)
-            similarity = tf.stack([positive, negative], axis=1)        # [B, 2]
-        logits = similarity / tau[:, None]
+            return tf.reduce_mean(info_nce(z_ctr, z_cvr, tau, candidates))
+        positive = tf.reduce_sum(z_ctr * z_cvr, -1)
+        shift = tf.random.uniform([], 1, tf.maximum(tf.shape(z_ctr)[0], 2), tf.int32)
+        negative = tf.reduce_sum(z_ctr * tf.roll(z_cvr, shift, axis=0), -1)
+        logits = tf.stack([positive, negative], axis=1) / tau[:, None]  # [B, 2]
         return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - positive / tau)
 
     def representations(self, features, training=None):

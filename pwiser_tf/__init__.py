@@ -24,6 +24,7 @@ _LAZY = {
     "pwiser": "pwiser_tf.kernel",
     "pwiser_dense": "pwiser_tf.kernel",
     "InputError": "pwiser_tf.errors",
+    "ContrastiveAlignmentLoss": "pwiser_tf.contrastive",  # Keras 3 only
 }
 _LOSSES = ("PWiseRLoss", "PackedAUC")
 # Each Keras, and the module whose import registers the project's objects with it.
@@ -97,4 +98,5 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY) + list(_LOSSES))
 
 
-__all__ = ["pwiser", "pwiser_dense", "PWiseRLoss", "PackedAUC", "InputError", "__version__"]
+__all__ = ["pwiser", "pwiser_dense", "PWiseRLoss", "PackedAUC", "ContrastiveAlignmentLoss",
+           "InputError", "__version__"]

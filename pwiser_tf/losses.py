@@ -72,6 +72,9 @@ from keras import ops
 
 from pwiser_tf import backend, kernel
 from pwiser_tf import replicas as replicas_lib
+# AdaFTR's alignment term, a Keras 3 loss too: imported here so that it is registered
+# with the others.
+from pwiser_tf.contrastive import ContrastiveAlignmentLoss
 from pwiser_tf.errors import InputError
 from pwiser_tf.options import NORMALIZATION, PAIRS_DEFAULT, PWISER_SCORES, SCORES, SQUARED
 
@@ -410,6 +413,7 @@ class PackedAUC(PackedLabel, keras.metrics.AUC):
     """
 
 
-__all__ = ["PWiseRLoss", "BinaryCrossentropy", "PackedAUC", "compose", "binary_crossentropy",
+__all__ = ["PWiseRLoss", "BinaryCrossentropy", "PackedAUC", "ContrastiveAlignmentLoss",
+           "compose", "binary_crossentropy",
            "binary_crossentropy_from_logits", "logit", "split_packed", "row_weights",
            "BinaryCrossentropyTerms", "PWiseRTerms", "PackedLabel"]

@@ -14,16 +14,22 @@ Tiers: tests that start a subprocess or train a run are marked `slow`;
 import os
 import sys
 
-KERAS3 = os.environ.get("PWISER_TEST_KERAS3") == "1"
+# Folders of tests that run in their own process, started by a runner test, for
+# settings fixed when a framework loads: the Keras flavour, Keras' backend, the
+# logical devices. The runner names its folder in PWISER_SUBSUITE.
+SUBSUITES = ("keras3", "distributed", "backends", "jax_parallel")
+KERAS3_SUBSUITES = ("keras3", "backends", "jax_parallel")
+SUBSUITE = os.environ.get("PWISER_SUBSUITE")
+if os.environ.get("PWISER_TEST_KERAS3") == "1":
+    SUBSUITE = "keras3"
+elif os.environ.get("PWISER_TEST_DISTRIBUTED") == "1":
+    SUBSUITE = "distributed"
+KERAS3 = SUBSUITE in KERAS3_SUBSUITES
 os.environ["TF_USE_LEGACY_KERAS"] = "0" if KERAS3 else "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# In the tf-keras session the Keras 3 tests are run by a subprocess, not collected;
-# so are the tests on virtual devices (`tests/distributed/`), which must split the
-# CPU before TensorFlow initialises.
-collect_ignore = [] if KERAS3 else ["keras3"]
-if os.environ.get("PWISER_TEST_DISTRIBUTED") != "1":
-    collect_ignore.append("distributed")
+# The main session collects none of them.
+collect_ignore = [folder for folder in SUBSUITES if folder != SUBSUITE]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small real samples shipped with the tests (see tests/data/README.md).
