@@ -21,8 +21,8 @@ import tensorflow as tf
 
 from pwiser_tf import fileio
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines.schema import (CATEGORICAL_KEY, METADATA_FILE, NUMERICAL_KEY,
-                                        Metadata, MetadataError, Schema)
+from pwiser_tf.pipelines.schema import (CATEGORICAL_KEY, GROUP_KEY, METADATA_FILE,
+                                        NUMERICAL_KEY, Metadata, MetadataError, Schema)
 # the shard checks, at their old import path too
 from pwiser_tf.pipelines.shards import (READ_BUFFER_BYTES, ShardError, clear_verified,
                                         expected_records, verify_shards, verify_split,
@@ -49,6 +49,11 @@ def make_dataset(path: Union[str, Sequence[str]], batch_size: int, *, split: str
                  parallel_reads: Optional[int] = None, prefetch: int = tf.data.AUTOTUNE,
                  verify: bool = True) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `(features, labels)` batches (see docs/architecture.md).
+
+    `labels` holds float32 `click`, `conversion` (and `intent` where the data has it)
+    and, for data converted with its group column, int64 `group` (the search id of
+    AliExpress, the user id of Ali-CCP): the key of the group AUC. Models read the
+    labels they know by name; the features are the same with or without a group.
 
     Args:
       path: a converted directory (its `metadata.json` names the shards of each
@@ -226,8 +231,11 @@ class Parser:
     """Parses a batch of serialized examples into `(features, labels)`.
 
     Multi-valued fields become dense `[B, L]` tensors padded with `MV_PAD_ID`
-    (ids) and `MV_PAD_VALUE` (values); labels become float32 `[B]`. With
-    `with_labels=False` (serving) the records need no labels and `labels` is empty.
+    (ids) and `MV_PAD_VALUE` (values); labels become float32 `[B]`. Where the
+    schema has a group column (`Schema.group_source`), `labels["group"]` holds it,
+    int64 `[B]`: a key for the group AUC, never a model feature. With
+    `with_labels=False` (serving) the records need no labels (nor group) and
+    `labels` is empty.
 
     Records in the `columns` layout (one feature per column, as `CsvExampleGen`
     writes them) are packed into the same `categorical` `[B, C]` and `numerical`
@@ -247,6 +255,8 @@ class Parser:
         parsed = tf.io.parse_example(serialized, self.spec)
         labels = {name: tf.cast(parsed.pop(self.schema.label_column(name)), tf.float32)
                   for name in (self.schema.labels if self.with_labels else ())}
+        if self.with_labels and self.schema.group_column:  # a key, not a feature
+            labels[GROUP_KEY] = parsed.pop(self.schema.group_column)
         if self.schema.layout == "columns":
             parsed = self._pack(parsed)
             if "conversion" in labels:

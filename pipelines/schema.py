@@ -13,14 +13,19 @@ parse several times faster than one feature per field and stay plain
 in its own variable-length int64 list `mv_<field>` (plus a float list
 `mv_<field>_values` when the source carries a value per id). Labels are int64
 scalars `click`, `conversion` (click AND conversion over all exposures, i.e. the
-CTCVR label) and, for synthetic data, `intent`.
+CTCVR label) and, for synthetic data, `intent`. The int64 scalar `group` (`GROUP_KEY`)
+holds the group that the group AUC (GAUC) ranks within: the search id of AliExpress,
+the user id (field 101) of Ali-CCP; `Schema.group_source` names the source column it
+was copied from. It is a key, read with the labels, never a model feature; data
+converted before it was kept has no `group_source`, and no GAUC.
 
 Layout `columns`: one feature per column, as TFX's `CsvExampleGen` writes a
 processed CSV: an int64 scalar per categorical field, a float (or int64, where
 every value of the column was an integer: `int_columns`) scalar per numerical
 feature, the labels under their CSV names (`label_columns`, e.g. Ali-CCP's
-`purchase`). The parser packs such records into the same `categorical` and
-`numerical` tensors, so a model sees the same features from either layout.
+`purchase`) and the group under its source column's name (`group_source`). The
+parser packs such records into the same `categorical` and `numerical` tensors, so a
+model sees the same features from either layout.
 """
 import dataclasses
 import os
@@ -37,6 +42,7 @@ LABELS = ("click", "conversion")
 OPTIONAL_LABELS = ("intent",)
 CATEGORICAL_KEY = "categorical"
 NUMERICAL_KEY = "numerical"
+GROUP_KEY = "group"   # the group column: in the records (packed layout) and the labels
 LAYOUTS = ("packed", "columns")
 
 
@@ -79,6 +85,8 @@ class Schema:
     ['categorical', 'click', 'conversion', 'numerical']
     >>> sorted(schema.with_layout("columns").feature_spec())
     ['categorical_1', 'click', 'conversion', 'numerical_1', 'numerical_2']
+    >>> sorted(schema.with_group("search_id").feature_spec(with_labels=True))
+    ['categorical', 'click', 'conversion', 'group', 'numerical']
     """
 
     dataset: str
@@ -89,6 +97,7 @@ class Schema:
     layout: str = "packed"   # or "columns": one feature per column (CsvExampleGen)
     label_columns: Tuple[Tuple[str, str], ...] = ()   # columns: (label, column) renamed
     int_columns: Tuple[str, ...] = ()   # columns: numerical features stored as int64
+    group_source: str = ""   # the source column of the int64 `group` key ("": none)
 
     def __post_init__(self):
         object.__setattr__(self, "categorical", tuple(self.categorical))
@@ -107,6 +116,17 @@ class Schema:
     def with_layout(self, layout: str) -> "Schema":
         """The same features in another record layout (`packed` or `columns`)."""
         return dataclasses.replace(self, layout=layout)
+
+    def with_group(self, source: str) -> "Schema":
+        """The same schema with the int64 `group` key, copied from column `source`."""
+        return dataclasses.replace(self, group_source=source)
+
+    @property
+    def group_column(self) -> str:
+        """The feature key of the group in the records ("" when they hold none)."""
+        if not self.group_source:
+            return ""
+        return GROUP_KEY if self.layout == "packed" else self.group_source
 
     def label_column(self, label: str) -> str:
         """The feature key of a label in the records."""
@@ -127,7 +147,12 @@ class Schema:
         if with_labels:
             for name in self.labels:
                 spec[name] = tf.io.FixedLenFeature([], tf.int64)
+            spec.update(self._group_spec())
         return spec
+
+    def _group_spec(self) -> Dict[str, object]:
+        column = self.group_column
+        return {column: tf.io.FixedLenFeature([], tf.int64)} if column else {}
 
     def _multi_valued_spec(self) -> Dict[str, object]:
         spec = {}
@@ -149,6 +174,7 @@ class Schema:
         if with_labels:
             for name in self.labels:
                 spec[self.label_column(name)] = tf.io.FixedLenFeature([], tf.int64)
+            spec.update(self._group_spec())
         return spec
 
     def to_dict(self) -> dict:
@@ -159,6 +185,8 @@ class Schema:
             "multi_valued": [dataclasses.asdict(f) for f in self.multi_valued],
             "labels": list(self.labels),
         }
+        if self.group_source:  # (absent from metadata written before groups were kept)
+            data["group_source"] = self.group_source
         if self.layout != "packed":
             data.update(layout=self.layout, label_columns=[list(p) for p in self.label_columns],
                         int_columns=list(self.int_columns))
@@ -175,6 +203,7 @@ class Schema:
             layout=data.get("layout", "packed"),
             label_columns=tuple(tuple(p) for p in data.get("label_columns", ())),
             int_columns=tuple(data.get("int_columns", ())),
+            group_source=data.get("group_source", ""),
         )
 
 
@@ -265,4 +294,4 @@ def load_schema(directory: str) -> Schema:
 
 __all__ = ["Field", "Schema", "Split", "Metadata", "MetadataError", "load_schema",
            "SCHEMA_VERSION", "METADATA_FILE", "LABELS", "CATEGORICAL_KEY",
-           "NUMERICAL_KEY", "LAYOUTS"]
+           "NUMERICAL_KEY", "GROUP_KEY", "LAYOUTS"]

@@ -2,8 +2,9 @@
 
 Evaluation goes through the same door as production traffic: serialized
 `tf.train.Example` records, read in file order, into the `serving_default`
-signature. The labels are parsed from the same records, so predictions and
-labels stay aligned row by row.
+signature. The labels (and the group column, where the data has one) are parsed
+from the same records, so predictions and labels stay aligned row by row;
+`write_predictions` writes them keyed, one row per record.
 """
 import csv
 import io
@@ -15,10 +16,12 @@ import tensorflow as tf
 
 from pwiser_tf import fileio
 from pwiser_tf.errors import InputError
-from pwiser_tf.pipelines.schema import Metadata, Schema
+from pwiser_tf.pipelines.schema import GROUP_KEY, Metadata, Schema
 
 SAVED_MODEL_DIR = "saved_model"
 OUTPUTS = ("pctr", "pcvr", "pctcvr")
+KEYED_LABELS = ("click", "conversion")  # the labels a keyed predictions file holds
+ROW_KEY = "row"  # a keyed predictions file's row index: the record's place in the split
 REMAPPED_SIGNATURE = "serving_remapped"  # models.export: converted (renumbered) records
 
 
@@ -84,13 +87,16 @@ def predict_files(model_dir: str, files, schema: Schema, compression: str = "",
     """Labels and predictions of the records of `files` (the first `limit` of them,
     if given), in file order, through the SavedModel's serving signature; `where`
     names the records in errors. The labels are read from the columns `schema`
-    names (its layout's)."""
+    names (its layout's); where it has a group column, `labels["group"]` holds it
+    (int64)."""
     signatures = load_saved_model(model_dir).signatures
     # a model of `--remap-ids` data serves raw ids by default; the converted
     # records hold the renumbered ones
     serve = signatures[REMAPPED_SIGNATURE if REMAPPED_SIGNATURE in signatures
                        else "serving_default"]
     columns = {name: schema.label_column(name) for name in schema.labels}
+    if schema.group_column:
+        columns[GROUP_KEY] = schema.group_column
     label_spec = {column: tf.io.FixedLenFeature([], tf.int64) for column in columns.values()}
     records = tf.data.TFRecordDataset(files, compression_type=compression or None)
     if limit is not None:
@@ -114,21 +120,56 @@ def predict_files(model_dir: str, files, schema: Schema, compression: str = "",
 
 
 def write_predictions(predictions: Dict[str, np.ndarray], path: str,
-                      argument: str = "--predictions") -> None:
-    """One CSV row per example, in input order: pctr, pcvr, pctcvr (atomic write).
+                      argument: str = "--predictions",
+                      labels: Optional[Dict[str, np.ndarray]] = None) -> None:
+    """One CSV row per example, in input order (atomic write).
+
+    Without `labels`: `pctr,pcvr,pctcvr`. With them (`predict_files`' labels), each
+    row is keyed: `row` (the record's index in the split, from 0), `group` where the
+    data has a group column (the search id of AliExpress, the user id of Ali-CCP;
+    the records hold no other id), the labels `click`, `conversion`, then
+    `pctr,pcvr,pctcvr`. Scores are written with 9 significant digits, which give
+    back every float32 exactly, so metrics computed from the file (the GAUC
+    included) equal those computed from the model's outputs.
 
     A path that cannot be written (a directory, a missing or read-only folder)
     raises one `InputError` naming `argument`; call `fileio.check_writable_file`
     first to find out before scoring.
     """
     fileio.check_writable_file(path, argument)
+    header, columns = [], []
+    if labels is not None:
+        rows = len(labels[KEYED_LABELS[0]])
+        keys = [(ROW_KEY, np.arange(rows))]
+        if GROUP_KEY in labels:
+            keys.append((GROUP_KEY, labels[GROUP_KEY]))
+        keys += [(name, labels[name]) for name in KEYED_LABELS]
+        for name, values in keys:
+            header.append(name)
+            columns.append(np.char.mod("%d", np.asarray(values, np.int64)))
+    for name in OUTPUTS:
+        header.append(name)
+        columns.append(np.char.mod("%.9g", np.asarray(predictions[name], np.float32)))
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(OUTPUTS)
-    columns = np.stack([predictions[name] for name in OUTPUTS], axis=1)
-    writer.writerows(np.char.mod("%.7g", columns).tolist())
+    writer.writerow(header)
+    writer.writerows(zip(*(column.tolist() for column in columns)))
     try:
         fileio.atomic_write(path, text.getvalue())
     except (OSError, tf.errors.OpError) as err:
         raise InputError(f"{argument} {path}: cannot write there "
                          f"({getattr(err, 'strerror', None) or err})") from None
+
+
+def read_predictions(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """`(keys and labels, predictions)` of a file `write_predictions` wrote: int64
+    columns (`row`, `group`, `click`, `conversion`) and float64 scores."""
+    with tf.io.gfile.GFile(path, "r") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    values = {name: [row[i] for row in body] for i, name in enumerate(header)}
+    keys = {name: np.asarray(v, np.int64).reshape(-1) for name, v in values.items()
+            if name not in OUTPUTS}
+    scores = {name: np.asarray(v, np.float64).reshape(-1) for name, v in values.items()
+              if name in OUTPUTS}
+    return keys, scores

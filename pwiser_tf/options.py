@@ -31,7 +31,13 @@ PwiserScores = Literal["probability", "logit"]
 Normalization = Literal["anchor", "pair"]
 Pairs = Literal["global", "replica"]
 
+# The validation metrics a sweep may select by (`sweep.select`): each one is better
+# higher. The group AUCs need data converted with its group column.
+SelectMetric = Literal["ctcvr_auc", "ctr_auc", "cvr_auc", "s3_s2_auc", "intent_auc",
+                       "intent_ctcvr_auc", "ctcvr_gauc", "ctr_gauc", "cvr_gauc"]
+
 LOSSES = get_args(LossName)
+SELECT_METRICS = get_args(SelectMetric)
 HEADS = get_args(PwiserHead)
 SCORES = get_args(PwiserScores)
 NORMALIZATIONS = get_args(Normalization)
@@ -62,7 +68,8 @@ ConvertConversionWithoutClick = Literal["drop", "as_click", "error"]  # `convert
 CONVERSION_WITHOUT_CLICK_IN_LOSS = get_args(LossConversionWithoutClick)
 CONVERSION_WITHOUT_CLICK_IN_CONVERT = get_args(ConvertConversionWithoutClick)
 
-__all__ = ["LossName", "PwiserHead", "PwiserScores", "Normalization", "Pairs", "LOSSES",
+__all__ = ["LossName", "SelectMetric", "SELECT_METRICS", "PwiserHead", "PwiserScores",
+           "Normalization", "Pairs", "LOSSES",
            "HEADS", "SCORES", "NORMALIZATIONS", "PAIRS", "PWISER_WEIGHT", "MARGIN_CLICK",
            "MARGIN_NONCLICK", "SQUARED", "PWISER_HEAD", "PWISER_SCORES", "NORMALIZATION",
            "PAIRS_DEFAULT", "ERROR", "AS_CLICK", "DROP", "CONVERSION_WITHOUT_CLICK",

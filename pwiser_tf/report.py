@@ -10,7 +10,9 @@ excludes 0 is shown in bold.
 
 An arm is a row's `loss`, followed by `/<variant>` when the row has a variant.
 A row whose `status` is `failed` (a run that diverged) has no metrics: the
-report lists it under "Failed runs" and no statistic counts it.
+report lists it under "Failed runs" and no statistic counts it. The group AUCs
+(`ctr_gauc`, `cvr_gauc`, `ctcvr_gauc`) get a table of their own where the runs
+report them (data converted with its group column).
 """
 import io
 import math
@@ -24,6 +26,9 @@ from pwiser_tf import fileio
 TASKS = (("ctr_auc", "CTR AUC"), ("cvr_auc", "CVR AUC"), ("ctcvr_auc", "CTCVR AUC"))
 INTENT_TASKS = (("intent_auc", "pCTR vs intent AUC"),
                 ("s3_s2_auc", "pCTR S3 vs S2 AUC"))
+# group AUCs (`pwiser_tf.metrics.gauc`), where the data has a group column
+GAUC_TASKS = (("ctr_gauc", "CTR GAUC"), ("cvr_gauc", "CVR GAUC"),
+              ("ctcvr_gauc", "CTCVR GAUC"))
 BASELINE, TREATMENT = "bce", "pwiser"
 CONFIDENCE = 0.95
 _NAMES = {"bce": "BCE", "pwiser": "PWiseR"}
@@ -133,7 +138,7 @@ def comparison(rows: List[dict], tasks=TASKS, baseline: str = BASELINE) -> List[
     return out
 
 
-def paired_columns(rows: List[dict], tasks=TASKS + INTENT_TASKS,
+def paired_columns(rows: List[dict], tasks=TASKS + INTENT_TASKS + GAUC_TASKS,
                    baseline: str = BASELINE) -> List[dict]:
     """The result rows with the paired statistics added to each treatment run:
     `delta_<metric>` (this seed's difference to the baseline run of the same seed)
@@ -231,6 +236,14 @@ def write_report(rows: List[dict], output_dir: str, title: str = "BCE vs PWiseR"
             "seed; 95% CI: Student t over those differences (bold: it excludes 0); "
             "wins: seeds where the arm is higher.", "", *failed_section(rows),
             "## AUC", "", markdown_table(comparison(rows, baseline=baseline)), ""]
+    if any("ctr_gauc" in r for r in rows):
+        text += ["## GAUC", "",
+                 "AUC within each group (a search of AliExpress, a user of Ali-CCP), "
+                 "weighted by the group's exposures (CVR: its clicks), over the groups "
+                 "that hold both classes (Zhou et al., 2018).", "",
+                 markdown_table(comparison(rows, GAUC_TASKS, baseline)), ""]
+    elif any("gauc_note" in r for r in rows):
+        text += [f"No GAUC: {next(r['gauc_note'] for r in rows if 'gauc_note' in r)}.", ""]
     if any("intent_auc" in r for r in rows):
         text += ["## Against the clean intent label (synthetic data)", "",
                  "Where many clicks are noise, PWiseR should rank true intent and "

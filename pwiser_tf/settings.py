@@ -127,7 +127,10 @@ class SweepSettings(_Section):
     """`sweep:`, the design of `pwiser-tf sweep` (`pwiser_tf.sweep`)."""
 
     model: str = Field("mmoe", description="the model to sweep on")
-    select: str = Field("ctcvr_auc", description="the validation metric that chooses")
+    select: options.SelectMetric = Field(
+        options.SELECT_METRICS[0], description="the validation metric that chooses (the "
+                                               "group AUCs *_gauc need data converted "
+                                               "with its group column)")
     centre: SweepCentre = SweepCentre()
     axes: Dict[str, List[Any]] = Field(
         {}, description="axis -> values, swept in the order given; the axes are the "

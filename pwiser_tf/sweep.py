@@ -18,10 +18,12 @@ never on test, so choosing a setting does not peek at the evaluation data. The
 BCE runs of the same seeds are the baseline: each seed starts every point from
 the same weights and data order, so the table gives the paired difference to BCE.
 Selection is by `ctcvr_auc` by default (every dataset has it); `intent_auc` is
-an extra column on synthetic data only. `sweep.md` ranks the points, flags a chosen
-value at the edge of its axis, and embeds `sweep_lambda.png`: lambda against CTR,
-CTCVR and intent AUC, mean and 95% confidence band over the seeds, at the chosen
-other settings.
+an extra column on synthetic data only; the group AUCs (`ctcvr_gauc`, `ctr_gauc`,
+`cvr_gauc`) need data converted with its group column
+(`pwiser_tf.options.SELECT_METRICS` lists the choices). `sweep.md` ranks the
+points, flags a chosen value at the edge of its axis, and embeds `sweep_lambda.png`:
+lambda against CTR, CTCVR and intent AUC, mean and 95% confidence band over the
+seeds, at the chosen other settings.
 """
 import math
 from typing import Dict, List, Optional, Tuple, Union
@@ -33,7 +35,8 @@ from pwiser_tf import experiment, fileio
 from pwiser_tf.errors import InputError
 from pwiser_tf.report import paired, save_figure, summarize, t_quantile
 
-SHOWN = ("ctcvr_auc", "ctr_auc", "cvr_auc", "intent_auc", "s3_s2_auc")
+SHOWN = ("ctcvr_auc", "ctr_auc", "cvr_auc", "intent_auc", "s3_s2_auc", "ctcvr_gauc",
+         "ctr_gauc", "cvr_gauc")
 PLOTTED = (("ctr_auc", "CTR AUC"), ("ctcvr_auc", "CTCVR AUC"), ("intent_auc", "intent AUC"))
 NUMERIC = ("margin", "pwiser_weight")
 FIGURE = "sweep_lambda.png"
@@ -74,6 +77,9 @@ def select(rows: List[dict], metric: str) -> Tuple[str, float]:
     if not scored:
         bad = experiment.failed(rows)
         why = f" ({len(bad)} of {len(rows)} failed: {bad[0]['error']})" if bad else ""
+        note = next((r["gauc_note"] for r in rows if r.get("gauc_note")), "")
+        if metric.endswith("_gauc") and note:
+            why += f" ({note})"
         raise InputError(f"sweep.select: no run reported {metric!r}{why}")
     best, name = max(scored)
     return name, best

@@ -104,10 +104,10 @@ def test_evaluate_writes_predictions_in_input_order(trained, converted, tmp_path
     assert result["ctr_auc"] == pytest.approx(train_metrics["ctr_auc"], abs=1e-6)
     with open(predictions) as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["pctr", "pcvr", "pctcvr"]
+    assert rows[0] == ["row", "group", "click", "conversion", "pctr", "pcvr", "pctcvr"]
     meta = json.loads((converted / "data" / "metadata.json").read_text())
     assert len(rows) - 1 == meta["splits"]["test"]["counts"]["rows"] == result["examples"]
-    for pctr, pcvr, pctcvr in (map(float, row) for row in rows[1:200]):
+    for pctr, pcvr, pctcvr in (map(float, row[4:]) for row in rows[1:200]):
         assert 0.0 <= min(pctr, pcvr, pctcvr) and max(pctr, pcvr, pctcvr) <= 1.0
         # MMoE has CTR and CTCVR heads; its pCVR is their ratio, clipped to 1.
         assert pcvr == pytest.approx(min(1.0, pctcvr / pctr), rel=1e-4, abs=1e-6)
@@ -115,7 +115,7 @@ def test_evaluate_writes_predictions_in_input_order(trained, converted, tmp_path
     # in the records' order), counted pair by pair. The CSV's 7 digits keep the order
     # of the scores but can tie two that differ in float32, which moves an AUC by at
     # most half the share of tied pairs.
-    pctr, pcvr, pctcvr = np.array(rows[1:], dtype=np.float64).T
+    pctr, pcvr, pctcvr = np.array([r[4:] for r in rows[1:]], dtype=np.float64).T
     labels = split_labels(converted / "data", "test")
     clicked = labels["click"] > 0
     recomputed = {

@@ -16,7 +16,7 @@ from pwiser_tf import fileio
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines import schema as schema_lib
 from pwiser_tf.pipelines.conversion.plan import Plan
-from pwiser_tf.pipelines.conversion.rows import vocab_fields
+from pwiser_tf.pipelines.conversion.rows import layout_schema, vocab_fields
 from pwiser_tf.pipelines.readers import idmap
 
 gfile = fileio.gfile
@@ -97,7 +97,8 @@ def finish(plan: Plan, work_dir: str, output_dir: str, vocab: Dict[str, int],
     """Writes the metadata of a finished conversion (last: it marks it finished),
     removes what the conversion no longer needs and publishes a staged one."""
     metadata = schema_lib.Metadata(
-        schema=plan.layout.schema({n: vocab.get(n, 1) for n in vocab_fields(plan.layout)}),
+        schema=layout_schema(plan.layout,
+                             {n: vocab.get(n, 1) for n in vocab_fields(plan.layout)}),
         splits=splits, source_format=plan.format, compression=plan.compression,
         extra={"fingerprint": plan.fingerprint, "source_counts": source_counts,
                **({"id_maps": idmap.FILE} if plan.remap_ids else {})})

@@ -2,7 +2,8 @@
 
 The arguments, the split of every input, the reader options and the layout that
 all splits share, and the fingerprint that a finished conversion records. The
-fingerprint holds every option that changes the records and, per input file, its
+fingerprint holds every option that changes the records, the records' group column
+(`rows.group_source`) and, per input file, its
 absolute path, size and modification time (through `tf.io.gfile`, so `gs://`
 inputs count too): a rerun after an input changed converts again instead of
 returning the stale conversion. Each runner adds what only it decides (the local
@@ -17,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 from pwiser_tf import fileio
 from pwiser_tf import options as choices
 from pwiser_tf.errors import InputError
+from pwiser_tf.pipelines.conversion.rows import group_source
 from pwiser_tf.pipelines.readers import open_reader, reader_class
 from pwiser_tf.pipelines.readers.base import Layout, check_input_file
 
@@ -70,18 +72,21 @@ def plan(format: str, inputs, *, compression: Optional[str], validation_fraction
                    conversion_without_click=conversion_without_click, **reader_options)
     inputs = {split: [input_stat(p) for p in paths] for split, paths in by_split.items()}
     refuse_shared_files(inputs)
-    fingerprint = plain({
-        "format": format, "validation_fraction": validation_fraction, "seed": seed,
-        "compression": compression, "remap_ids": remap_ids, **runner,
-        "options": {k: v for k, v in sorted(options.items()) if k not in _UNRECORDED_OPTIONS},
-        "inputs": inputs})
     layouts = {split: open_reader(format, paths, **options).layout  # headers only
                for split, paths in by_split.items()}
     if len(set(layouts.values())) > 1:
         raise InputError(f"the splits' files have different columns: "
                          f"{ {s: l.labels for s, l in layouts.items()} }")
-    return Plan(format, by_split, options, next(iter(layouts.values())), compression,
-                validation_fraction, seed, remap_ids, fingerprint)
+    layout = next(iter(layouts.values()))
+    fingerprint = plain({
+        "format": format, "validation_fraction": validation_fraction, "seed": seed,
+        "compression": compression, "remap_ids": remap_ids, **runner,
+        "options": {k: v for k, v in sorted(options.items()) if k not in _UNRECORDED_OPTIONS},
+        # the records' group column: a conversion made before it was kept is not reused
+        "group": group_source(layout),
+        "inputs": inputs})
+    return Plan(format, by_split, options, layout, compression, validation_fraction, seed,
+                remap_ids, fingerprint)
 
 
 def check_arguments(format: str, inputs, compression: Optional[str],

@@ -12,7 +12,9 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--predictions", metavar="FILE",
                         help="write one CSV row per example, in input order: "
-                             "pctr,pcvr,pctcvr")
+                             "row,group,click,conversion,pctr,pcvr,pctcvr (row: its index "
+                             "in the split; group: the search id of AliExpress, the user "
+                             "id of Ali-CCP, absent from data converted without it)")
 
 
 def run(args):
@@ -26,6 +28,6 @@ def run(args):
                                                    args.batch_size)
     guards.check_predictions(predictions, f"--model-dir {args.model_dir}")  # no AUC of NaNs
     if args.predictions:
-        evaluation.write_predictions(predictions, args.predictions)
+        evaluation.write_predictions(predictions, args.predictions, labels=labels)
     print(json.dumps(metrics.ctr_cvr_metrics(labels, predictions), indent=2, sort_keys=True))
     return 0
