@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 import pytest
 import tensorflow as tf
@@ -194,11 +195,16 @@ def test_bom_gzip_and_directories(tmp_path):
     plain = convert("aliexpress-csv", [AE_TEST], str(tmp_path / "o1"), progress=False)
     with_bom = convert("aliexpress-csv", [bom], str(tmp_path / "o2"), progress=False)
     assert with_bom.splits["test"].counts == plain.splits["test"].counts
-    packed = str(tmp_path / "packed_test.csv")
+    packed = str(tmp_path / "packed_test.csv.gz")  # read decompressed (test_gzip_inputs.py)
     with open(AE_TEST, "rb") as f, gzip.open(packed, "wb") as g:
         g.write(f.read())
-    with pytest.raises(InputError, match=r"packed_test.csv: is gzip-compressed; decompress"):
-        convert("aliexpress-csv", [packed], str(tmp_path / "o3"), progress=False)
+    unpacked = convert("aliexpress-csv", [packed], str(tmp_path / "o3"), progress=False)
+    assert unpacked.splits["test"].counts == plain.splits["test"].counts
+    zipped = str(tmp_path / "zipped_test.csv")
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.write(AE_TEST, "test.csv")
+    with pytest.raises(InputError, match=r"zipped_test.csv: is a zip archive; extract"):
+        convert("aliexpress-csv", [zipped], str(tmp_path / "o5"), progress=False)
     os.makedirs(tmp_path / "folder_test")
     with pytest.raises(InputError, match=r"folder_test: is a directory, not a file"):
         convert("aliexpress-csv", [str(tmp_path / "folder_test")], str(tmp_path / "o4"),

@@ -1,8 +1,22 @@
 """What every reader shares: the chunk and layout types, counts, label policy, the
 reading loop over text blocks, and file access through `tf.io.gfile` (so inputs may
-be local or on any filesystem TensorFlow knows: `gs://`, `ram://`, ...)."""
+be local or on any filesystem TensorFlow knows: `gs://`, `ram://`, ...).
+
+Compressed inputs: a file compressed with gzip, bzip2 or xz (told by its first
+bytes, whatever its name) is read as its decompressed content, streamed: nothing
+is decompressed to disk and memory stays bounded. Lines are numbered in that
+content, and a file cut short or damaged stops the reading with one `InputError`
+naming it and its last complete line. Archives of several files (zip, tar, 7z)
+and zstd are refused with what to do instead.
+"""
+import bz2
+import concurrent.futures
 import contextlib
 import dataclasses
+import gzip
+import io
+import lzma
+import zlib
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -12,9 +26,22 @@ from pwiser_tf.errors import InputError
 
 DEFAULT_BLOCK_BYTES = 8 << 20     # text parsed per chunk
 BOM = b"\xef\xbb\xbf"              # a UTF-8 byte order mark, dropped at the start of a file
-# magic bytes of archives a reader cannot parse as text
-_ARCHIVES = {b"\x1f\x8b": ("gzip-compressed", "decompress it first, e.g. `gunzip -k {path}`"),
-             b"PK\x03\x04": ("a zip archive", "extract it first, e.g. `unzip {path}`")}
+# magic bytes of the compressions read as a stream: (name, opener of a file object)
+_COMPRESSIONS = (
+    ((b"\x1f\x8b\x08",), "gzip", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    # "BZh", the block size, then a block's magic or the end-of-stream one
+    (tuple(b"BZh" + bytes([d]) + m for d in b"123456789"
+           for m in (b"1AY&SY", b"\x17rE8P\x90")), "bzip2", bz2.BZ2File),
+    ((b"\xfd7zXZ\x00",), "xz", lzma.LZMAFile),
+)
+# what a damaged stream raises (a truncated one: EOFError)
+_STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+# magic bytes of archives and compressions a reader cannot parse as text
+_ARCHIVES = {b"PK\x03\x04": ("a zip archive", "extract it first, e.g. `unzip {path}`"),
+             b"7z\xbc\xaf\x27\x1c": ("a 7z archive", "extract it first, e.g. `7z x {path}`"),
+             b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it first, e.g. "
+                                    "`zstd -dk {path}`, or compress it with gzip instead")}
+_TAR_MAGIC, _TAR_AT = b"ustar", 257  # a tar header's magic and its offset
 MAX_LINE_BYTES = 64 << 20         # a longer "line" is garbage, not data
 POLICIES = choices.CONVERSION_WITHOUT_CLICK_IN_CONVERT  # a conversion without a click
 
@@ -257,8 +284,8 @@ def _gfile():
     return tf.io.gfile
 
 
-def open_binary(path: str):
-    """`path` opened for reading bytes, on any filesystem TensorFlow knows.
+def _open_stored(path: str):
+    """`path` opened for reading its bytes as stored, on any filesystem TensorFlow knows.
 
     A local path is opened by Python directly: reading 8 MiB blocks that way is
     about 4x faster than through `GFile` (benchmarks/bench_convert.py, docs/benchmarks.md).
@@ -268,26 +295,156 @@ def open_binary(path: str):
     return _gfile().GFile(path, "rb")
 
 
+def _head(f, size: int) -> bytes:
+    """The first `size` bytes of the just-opened `f`, which is left at its start."""
+    if hasattr(f, "peek"):  # a local file: no seek needed
+        return f.peek(size)[:size]
+    head = f.read(size)
+    f.seek(0)
+    return head
+
+
+def compression(head: bytes) -> Optional[str]:
+    """The compression (`gzip`, `bzip2`, `xz`) whose magic bytes start `head`, else None."""
+    for magics, name, _ in _COMPRESSIONS:
+        if head.startswith(magics):
+            return name
+    return None
+
+
+def open_binary(path: str):
+    """`path` opened for reading bytes, on any filesystem TensorFlow knows; a gzip,
+    bzip2 or xz file is decompressed as it is read (`Decompressed`)."""
+    f = _open_stored(path)
+    try:
+        name = compression(_head(f, 10))
+    except BaseException:
+        f.close()
+        raise
+    return f if name is None else Decompressed(f, path, name)
+
+
+class Decompressed(io.RawIOBase):
+    """The decompressed content of a compressed file, as a stream of bytes.
+
+    `read(size)` returns `size` bytes unless the content ends first, so a reader
+    cuts a compressed file into the same blocks as the plain one. A stream that is
+    cut short or damaged raises `InputError` naming the file and its last complete
+    line (the lines are counted as they are read). `tell()` is the position in
+    the compressed file (what progress counts), not in the content.
+    """
+
+    def __init__(self, stored, path: str, name: str):
+        super().__init__()
+        self.stored, self.path, self.compression = stored, path, name
+        opener = next(opener for _, n, opener in _COMPRESSIONS if n == name)
+        self._stream = opener(stored)
+        self._lines = 0  # newlines handed out so far
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        parts, got = [], 0
+        while size < 0 or got < size:
+            # read1, not read: what a damaged stream gave before its error is kept;
+            # it returns one input buffer's output at most, so ask no more than 1 MiB
+            data = self._read(lambda: self._stream.read1(min(size - got, 1 << 20)
+                                                         if size >= 0 else 1 << 20), parts)
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        data = b"".join(parts)
+        self._lines += data.count(b"\n")
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._read(lambda: self._stream.readline(size), [])
+        self._lines += line.endswith(b"\n")
+        return line
+
+    def _read(self, read, parts) -> bytes:
+        try:
+            return read()
+        except _STREAM_ERRORS as err:
+            last = self._lines + sum(part.count(b"\n") for part in parts)
+            where = f"after line {last}" if last else "before the end of its first line"
+            if isinstance(err, EOFError):
+                what = f"is cut short: its {self.compression} data ends {where}" + \
+                    (", the last complete one" if last else "")
+            else:
+                what = f"is damaged: reading its {self.compression} data failed {where} ({err})"
+            raise InputError(f"{self.path}: {what}; download or copy it again") from None
+
+    def tell(self) -> int:
+        return self.stored.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+            self.stored.close()
+        super().close()
+
+
+def _pieces(f, size: int) -> Iterator[Tuple[bytes, int]]:
+    """`(data, position)`: `f` read in pieces of `size` bytes, each with the position
+    in the file as stored after it. A compressed file is read one piece ahead, in a
+    thread: decompressing (which releases the GIL) overlaps parsing the piece before."""
+    def read():
+        data = f.read(size)
+        return data, f.tell()
+
+    if not isinstance(f, Decompressed):
+        while True:
+            data, position = read()
+            if not data:
+                return
+            yield data, position
+    with concurrent.futures.ThreadPoolExecutor(1, "pwiser-decompress") as pool:
+        ahead = pool.submit(read)
+        while True:
+            data, position = ahead.result()
+            if not data:
+                return
+            ahead = pool.submit(read)
+            yield data, position
+
+
 def file_size(path: str) -> int:
     return _gfile().stat(path).length
 
 
 def check_input_file(path: str) -> None:
-    """Raises `InputError` unless `path` is a readable text file (not a folder, not an
-    archive)."""
+    """Raises `InputError` unless `path` is a readable text file, plain or compressed
+    with gzip, bzip2 or xz (not a folder, not an archive of files)."""
     gfile = _gfile()
     if gfile.isdir(path):
         raise InputError(f"{path}: is a directory, not a file")
     if not gfile.exists(path):
         raise InputError(f"{path}: no such file")
     try:
-        with open_binary(path) as f:
-            head = f.read(4)
+        with _open_stored(path) as f:
+            head = f.read(_TAR_AT + len(_TAR_MAGIC))
     except Exception as err:  # tf.errors.OpError: permissions, ...
         raise InputError(f"{path}: cannot read ({getattr(err, 'message', err)})") from None
     for magic, (what, advice) in _ARCHIVES.items():
         if head.startswith(magic):
             raise InputError(f"{path}: is {what}; {advice.format(path=path)}")
+    name = compression(head)
+    if name is not None:
+        with open_binary(path) as f:
+            head = f.read(_TAR_AT + len(_TAR_MAGIC))
+    if head[_TAR_AT:].startswith(_TAR_MAGIC):
+        packed = f"a {name}-compressed tar archive" if name else "a tar archive"
+        raise InputError(f"{path}: is {packed} of files; extract the one to convert, e.g. "
+                         f"`tar -xf {path} FILE` (or, to keep it compressed, "
+                         f"`tar -xOf {path} FILE | gzip > FILE.gz`)")
 
 
 def text_blocks(path: str, block_bytes: int, on_long_line) -> Iterator[Tuple[bytes, int, int]]:
@@ -295,14 +452,14 @@ def text_blocks(path: str, block_bytes: int, on_long_line) -> Iterator[Tuple[byt
 
     The last line gets a newline if it lacks one; a UTF-8 byte order mark at the
     start of the file is dropped. A line longer than `MAX_LINE_BYTES` is passed to
-    `on_long_line(line_number)` and skipped.
+    `on_long_line(line_number)` and skipped. A compressed file is read decompressed,
+    in the same blocks as its plain content (`bytes_read` counts the file as stored).
     """
-    line, rest, skipping, first = 1, b"", False, True
+    line, rest, skipping, first, position = 1, b"", False, True, 0
     with open_binary(path) as f:
-        while True:
-            data = f.read(block_bytes)
-            if not data:
-                break
+        # the position of a block's end: a compressed file's is that of its stream
+        exact = not isinstance(f, Decompressed)
+        for data, position in _pieces(f, block_bytes):
             if first:
                 first = False
                 if data.startswith(BOM):
@@ -321,10 +478,10 @@ def text_blocks(path: str, block_bytes: int, on_long_line) -> Iterator[Tuple[byt
                     rest, skipping = b"", True
                 continue
             block, rest = data[:cut + 1], data[cut + 1:]
-            yield block, line, f.tell() - len(rest)
+            yield block, line, position - len(rest) * exact
             line += block.count(b"\n")
         if rest and not skipping:
-            yield rest + b"\n", line, f.tell()
+            yield rest + b"\n", line, position
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1

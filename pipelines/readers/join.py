@@ -11,7 +11,9 @@ find (it reached the end of the side file, or the row was evicted from the cache
 switches the table to an on-disk index, an sqlite file of `key -> (offset,
 length)` built in one pass over the side file (in `index_dir`, which `convert`
 puts inside its output directory and removes when done, or else a temporary
-directory), and rows are then read by seeking. Memory stays bounded either way;
+directory), and rows are then read by seeking. A compressed side file cannot be
+read by seeking: its index holds the rows themselves (`key -> rest`), so it takes
+about the side file's decompressed size on disk. Memory stays bounded either way;
 an unsorted pair is slower, not wrong.
 """
 import collections
@@ -21,7 +23,7 @@ import sqlite3
 import tempfile
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from pwiser_tf.pipelines.readers.base import BOM, open_binary, text_blocks
+from pwiser_tf.pipelines.readers.base import BOM, Decompressed, open_binary, text_blocks
 
 _INDEX_BATCH = 100_000
 
@@ -68,6 +70,7 @@ class SideTable:
         self._db = None
         self._file = None
         self._tmp = None
+        self._rows_inside = False
 
     def lookup(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
         if self._db is not None:
@@ -93,7 +96,7 @@ class SideTable:
         self._exhausted = True
         return False
 
-    # the fallback: an on-disk index of byte offsets ------------------------
+    # the fallback: an on-disk index of byte offsets (or of rows) -----------
     def _build_index(self) -> None:
         directory = self.index_dir
         if not directory:
@@ -106,29 +109,40 @@ class SideTable:
         db = sqlite3.connect(db_path)
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
-        db.execute("CREATE TABLE rows (key BLOB PRIMARY KEY, offset INTEGER, length INTEGER)")
-        rows, offset, number = [], 0, 0
         with open_binary(self.path) as f:
+            # a compressed file is not read by seeking: its rows go into the index
+            self._rows_inside = isinstance(f, Decompressed)
+            db.execute("CREATE TABLE rows (key BLOB PRIMARY KEY, " +
+                       ("rest BLOB)" if self._rows_inside else "offset INTEGER, length INTEGER)"))
+            insert = "INSERT OR IGNORE INTO rows VALUES (?, ?" + \
+                (")" if self._rows_inside else ", ?)")
+            rows, offset, number = [], 0, 0
             for line in f:
                 number += 1
                 if number == 1 and line.startswith(BOM):
                     offset, line = len(BOM), line[len(BOM):]
-                found, _ = _split(line.rstrip(b"\r\n"), self.separator)
+                found, rest = _split(line.rstrip(b"\r\n"), self.separator)
                 if found is not None:
-                    rows.append((found, offset, len(line)))
+                    rows.append((found, rest) if self._rows_inside
+                                else (found, offset, len(line)))
                 elif line.strip():
                     self.malformed(self.path, number, "no key before the first separator")
                 offset += len(line)
                 if len(rows) >= _INDEX_BATCH:
-                    db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)", rows)
+                    db.executemany(insert, rows)
                     rows = []
-        db.executemany("INSERT OR IGNORE INTO rows VALUES (?, ?, ?)", rows)
+        db.executemany(insert, rows)
         db.commit()
         self._db = db
-        self._file = open_binary(self.path)
+        if not self._rows_inside:
+            self._file = open_binary(self.path)
         self._cache.clear()
 
     def _indexed(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
+        if self._rows_inside:
+            return [row and row[0] for row in (
+                self._db.execute("SELECT rest FROM rows WHERE key = ?", (key,)).fetchone()
+                for key in keys)]
         out = []
         for key in keys:
             row = self._db.execute("SELECT offset, length FROM rows WHERE key = ?",
