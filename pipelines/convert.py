@@ -39,6 +39,7 @@ Example:
 """
 import os
 import sys
+import time
 from typing import Dict, Sequence, Union
 
 import numpy as np
@@ -94,7 +95,8 @@ def convert(format: str, inputs: Union[Sequence[str], Dict[str, Sequence[str]]],
       overwrite: replace a finished (or corrupt) conversion of other inputs in
         `output_dir`, shards of every split included; it stays in place until the
         new conversion has finished (written in `output_dir/.staging/`).
-      progress: a tqdm bar of bytes read, on stderr.
+      progress: on stderr, a tqdm bar of bytes read on a terminal; otherwise (a log)
+        one line per input split: its rows, by output split, and rows/s.
       max_vocab: refuse a field whose max id + 1 (its embedding table) exceeds this
         (default 2^31) and advise `remap_ids`.
       max_vocab_ratio: refuse a field whose max id + 1 exceeds this many times its
@@ -191,6 +193,7 @@ def _split_result(job: Plan, split: str, work_dir: str, records_per_shard: int,
     if gfile.exists(marker):
         reused = _reusable(marker, fingerprint, work_dir)
         if reused is not None:
+            _line(progress, split, reused["splits"], "converted before, reused")
             return reused
         gfile.remove(marker)
     outputs = job.outputs(split)
@@ -206,6 +209,7 @@ def _split_result(job: Plan, split: str, work_dir: str, records_per_shard: int,
     counts = {name: {"rows": 0, "clicks": 0, "conversions": 0} for name in outputs}
     ids = IdStats(layout, max_vocab if id_map is None else None)
     bar = _bar(progress, reader.size, split)
+    start = time.perf_counter()
     try:
         for chunk in reader:
             bar.update(reader.position - bar.n)
@@ -232,6 +236,10 @@ def _split_result(job: Plan, split: str, work_dir: str, records_per_shard: int,
                                 "records": writers[name].shard_records}
                          for name in outputs}}
     fileio.write_json(marker, result)
+    seconds = time.perf_counter() - start
+    rows = sum(c["rows"] for c in counts.values())
+    _line(progress, split, result["splits"],
+          f"rows/s={rows / seconds if seconds else float('nan'):.0f} ({seconds:.1f} s)")
     return result
 
 
@@ -257,11 +265,29 @@ def _reusable(marker: str, fingerprint: dict, work_dir: str):
     return None
 
 
+def _terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def _bar(progress: bool, total: int, split: str):
+    """A tqdm bar of bytes read, on a terminal only: a log gets `_line`s instead."""
     from tqdm import tqdm
 
     return tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, desc=split,
-                disable=not progress, leave=False)
+                disable=not progress or not _terminal(), leave=False)
+
+
+def _line(progress: bool, split: str, outputs: dict, text: str) -> None:
+    """An input split's line in a log (stderr not a terminal): the rows it wrote, by
+    output split, e.g. `convert train: rows=900 (train 810, validation 90) ...`."""
+    if not progress or _terminal():
+        return
+    rows = {name: written["counts"]["rows"] for name, written in outputs.items()}
+    parts = ", ".join(f"{name} {count}" for name, count in rows.items())
+    print(f"convert {split}: rows={sum(rows.values())}"
+          + (f" ({parts})" if len(rows) > 1 else "") + f" {text}", file=sys.stderr,
+          flush=True)
 
 
 __all__ = ["convert", "assign_splits", "infer_split", "check_arguments", "validation_mask",

@@ -5,9 +5,18 @@ Each subcommand lives in `pwiser_tf/commands/<name>.py` and exposes
 subcommand runs, so `pwiser-tf --help` stays fast. Errors about the user's input
 (`InputError`) print one line and exit with status 2, without a traceback.
 
-TensorFlow's C++ and absl logging (oneDNN notices, CUDA probing) is silenced
+TensorFlow's C++ and absl logging (oneDNN notices, CUDA probing: cudart,
+cpu_feature_guard, "All log messages before absl::InitializeLog()") is silenced
 while TensorFlow loads, unless `--verbose` is given or `TF_CPP_MIN_LOG_LEVEL`
-is set in the environment.
+is set to 0 or 1. Those lines are written to file descriptor 2 before TensorFlow's
+log level applies, so the level alone cannot hide them: TensorFlow is loaded once,
+up front, with that descriptor sent elsewhere (`load_tensorflow_quietly`). A
+command that loads TensorFlow only for some arguments says so with
+`uses_tensorflow(args)` (`synth`: only for a remote `--output`, through
+`tf.io.gfile`); the others always load it.
+
+Progress goes to stderr too: tqdm bars on a terminal, one plain line per epoch,
+cell or split otherwise (a batch job's log); `--quiet` (or `--no-progress`) hides it.
 """
 import argparse
 import contextlib
@@ -23,8 +32,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # cannot hide what TensorFlow prints before its log starts.
 USER_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Commands that never load TensorFlow.
-WITHOUT_TENSORFLOW = ("synth",)
 
 COMMANDS = {
     "synth": "write a synthetic dataset in the raw and processed public formats",
@@ -42,12 +49,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    command = importlib.import_module(args._module)
     if args.verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    elif not USER_LOG_LEVEL and args.command not in WITHOUT_TENSORFLOW:
+    elif not USER_LOG_LEVEL and uses_tensorflow(command, args):
         load_tensorflow_quietly()
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        return int(command.run(args) or 0)
     except InputError as err:
         print(f"pwiser-tf {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -55,6 +63,14 @@ def main(argv=None) -> int:
         print(f"pwiser-tf {args.command}: interrupted; rerun the same command to resume",
               file=sys.stderr)
         return 130
+
+
+def uses_tensorflow(command, args) -> bool:
+    """Whether the command module `command` loads TensorFlow with these `args`: its
+    `uses_tensorflow(args)`, or yes if it has none. A command that loads TensorFlow
+    later, outside the quiet load, would print TensorFlow's start-up lines."""
+    check = getattr(command, "uses_tensorflow", None)
+    return True if check is None else bool(check(args))
 
 
 @contextlib.contextmanager

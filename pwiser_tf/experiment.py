@@ -53,6 +53,8 @@ import io
 import itertools
 import math
 import os
+import sys
+import time
 from typing import Dict, Iterable, List, Optional, Union
 
 import tensorflow as tf
@@ -61,12 +63,15 @@ from pwiser_tf import config as config_lib
 from pwiser_tf import fileio, guards, training
 from pwiser_tf.errors import InputError
 from pwiser_tf.pipelines.schema import METADATA_FILE
+from pwiser_tf.training.callbacks import stderr_is_terminal
 
 RESULTS_FILE = "results.csv"
 KEY_COLUMNS = ("dataset", "model", "loss", "seed", "variant")
 STATUS_COLUMNS = ("status", "error")  # "ok" or "failed", and why it failed
 # How many distinct differences a refusal names before it says "and N more".
 SHOWN_DIFFERENCES = 3
+# The metrics of a cell's line in a log.
+CELL_AUCS = ("ctr_auc", "cvr_auc", "ctcvr_auc")
 
 
 class RunsFailed(InputError):
@@ -235,16 +240,20 @@ def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: config_l
     A cell with other settings is refused unless `overwrite` (`check_cells` finds
     them all first). A cell that diverges gives a row with `status` `failed`, its
     `error` and no metrics; the others have `status` `ok`.
+    `progress`: a bar over the cells on a terminal; otherwise (a log) one line per
+    cell (`cell_line`), after its runs' lines per epoch.
     """
     from tqdm.auto import tqdm
 
     cells = list(cells)
     rows = []
-    bar = tqdm(cells, desc="grid", unit="run", disable=not progress)
-    for cell in bar:
+    lines = progress and not stderr_is_terminal()  # a log: one line per cell, no bar
+    bar = tqdm(cells, desc="grid", unit="run", disable=not progress or lines)
+    for index, cell in enumerate(bar, 1):
         bar.set_postfix_str(cell_name(cell).split("/", 1)[1])
         source = datasets[cell["dataset"]]
         keys = {k: cell.get(k, "") for k in KEY_COLUMNS}
+        start = time.perf_counter()
         try:
             result = training.train_run(
                 source["data"], cell_dir(output_dir, cell), cell["model"], cell["loss"],
@@ -253,9 +262,23 @@ def run_cells(cells: Iterable[dict], datasets: Dict[str, dict], config: config_l
                 progress=progress, overwrite=overwrite, strategy=strategy)
         except guards.Diverged as err:  # the rest of the grid still runs
             rows.append({**keys, "status": "failed", "error": str(err)})
-            continue
-        rows.append({**keys, "status": "ok", **result})
+        else:
+            rows.append({**keys, "status": "ok", **result})
+        if lines:
+            print(cell_line(rows[-1], index, len(cells), time.perf_counter() - start),
+                  file=sys.stderr, flush=True)
     return rows
+
+
+def cell_line(row: dict, index: int, total: int, seconds: float) -> str:
+    """A finished cell's line in a log: its name, its AUCs (on the split it was scored
+    on) or why it failed, and how long it took (a cell read back takes no time)."""
+    if row["status"] == "failed":
+        outcome = f"failed: {row['error']}"
+    else:
+        aucs = " ".join(f"{k}={row[k]:.4f}" for k in CELL_AUCS if k in row)
+        outcome = f"{row.get('eval_split', 'test')} {aucs}"
+    return f"cell {index}/{total} {cell_name(row)}: {outcome} ({seconds:.1f} s)"
 
 
 def write_results(rows: List[dict], path: str) -> None:

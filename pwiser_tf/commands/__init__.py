@@ -7,7 +7,6 @@ come from there, and its value goes into the configuration like `--set KEY=VALUE
 """
 import argparse
 import json
-import sys
 import typing
 from typing import Callable, Optional
 
@@ -80,9 +79,17 @@ def add_device_arguments(parser) -> None:
     add_setting(parser, "train.mixed_precision")
 
 
-def add_progress_argument(parser, help_text: str = "hide progress bars") -> None:
-    """`--no-progress`; `progress_enabled(args)` reads it."""
-    parser.add_argument("--no-progress", action="store_true", help=help_text)
+PROGRESS_HELP = ("print no progress: no bars on a terminal, no line per epoch, cell or "
+                 "split in a log (when stderr is not a terminal); errors still print. "
+                 "--no-progress is the same flag")
+
+
+def add_progress_argument(parser, help_text: str = PROGRESS_HELP) -> None:
+    """`--quiet`, also spelled `--no-progress` (its earlier name, kept for scripts);
+    `progress_enabled(args)` reads it. Progress goes to stderr: tqdm bars on a terminal,
+    plain lines otherwise, so a batch job's log holds no bar characters."""
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help=help_text)
 
 
 def add_config_arguments(parser) -> None:
@@ -136,7 +143,9 @@ def csv_list(kind, choices=None):
 
 
 def progress_enabled(args) -> bool:
-    return not args.no_progress and sys.stderr.isatty()
+    """Whether to show progress (`--quiet` not given); bars or lines, the callee picks
+    from stderr."""
+    return not args.quiet
 
 
 def set_synthetic_rows(config: dict, rows) -> None:

@@ -13,7 +13,7 @@ import argparse
 import json
 
 from pwiser_tf import options as choices
-from pwiser_tf.commands import add_progress_argument
+from pwiser_tf.commands import add_progress_argument, progress_enabled
 from pwiser_tf.pipelines.readers import FORMATS  # light: no TensorFlow until run()
 
 
@@ -92,7 +92,7 @@ def run(args):
             raise InputError("--beam-option needs a Beam --runner (direct, DataflowRunner, ...)")
         metadata = convert(args.format, args.input, args.output,
                            records_per_shard=args.records_per_shard,
-                           progress=not args.no_progress, **common)
+                           progress=progress_enabled(args), **common)
     else:
         from pwiser_tf.pipelines.beam_convert import beam_options_from, convert_beam
 

@@ -4,7 +4,7 @@
 """
 import json
 
-from pwiser_tf.commands import add_progress_argument
+from pwiser_tf.commands import add_progress_argument, progress_enabled
 from pwiser_tf.errors import InputError
 
 
@@ -29,7 +29,17 @@ def add_arguments(parser):
                              "0.5 Ali-CCP)")
     parser.add_argument("--country", default="nl",
                         help="AliExpress file prefix: nl, es, fr, us or ru (default nl)")
-    add_progress_argument(parser, "print nothing per chunk")
+    add_progress_argument(parser, "print no line per written chunk (--no-progress is the "
+                                  "same flag); errors still print")
+
+
+def uses_tensorflow(args) -> bool:
+    """A plain local --output is written through `os`; a URL (`gs://`, `ram://`,
+    `file://`) through `tf.io.gfile`, which loads TensorFlow (`pwiser_tf.cli` then
+    loads it first, quietly)."""
+    from pwiser_tf import fileio
+
+    return fileio.filesystem(args.output) is not fileio.LocalFiles
 
 
 def run(args):
@@ -37,7 +47,7 @@ def run(args):
 
     manifest = synthesize(args.dataset, _positive_int(args.rows), args.output, seed=args.seed,
                           test_fraction=args.test_fraction, country=args.country,
-                          progress=not args.no_progress)
+                          progress=progress_enabled(args))
     print(json.dumps({"output": args.output, "counts": manifest["counts"],
                       "convert_format": manifest["convert_format"],
                       "convert_inputs": manifest["convert_inputs"]}, indent=2))

@@ -1,6 +1,8 @@
-"""The callbacks of a run's `fit`: progress bars and early stopping that survives a kill."""
+"""The callbacks of a run's `fit`: progress (bars on a terminal, a line per epoch in a
+log) and early stopping that survives a kill."""
 import math
 import os
+import sys
 import time
 from typing import Optional
 
@@ -13,30 +15,56 @@ from pwiser_tf.training.rundir import STATE_FILE
 gfile = tf.io.gfile
 
 MONITOR = "val_ctcvr_auc"
+# The validation AUCs of an epoch's line, those that the run computes.
+EPOCH_AUCS = ("val_ctr_auc", "val_cvr_auc", "val_ctcvr_auc")
+
+
+def stderr_is_terminal() -> bool:
+    """Whether progress may draw bars: stderr is a terminal, not a batch job's log."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 class EpochProgress(tf.keras.callbacks.Callback):
-    """tqdm bars over the epochs, with the monitored validation metric, and over
-    the training steps of each epoch (`steps` per epoch, when known); it measures
-    the training throughput (examples/s, validation excluded). `enabled=False`
-    hides the bars and still measures."""
+    """A run's progress on stderr, and its training throughput (examples/s,
+    validation excluded).
+
+    On a terminal: tqdm bars over the epochs, with the monitored validation metric,
+    and over the training steps of each epoch (`steps` per epoch, when known).
+    Otherwise (a batch job's log): one plain line per epoch, from `on_epoch_end`,
+    with the epoch, the training loss, the validation AUCs and the examples/s:
+
+        mmoe/pwiser/seed0 epoch 2/5: loss=0.4123 val_ctr_auc=0.6012 \
+            val_cvr_auc=0.5523 val_ctcvr_auc=0.6234 examples/s=48213 (12.3 s)
+
+    `enabled=False` shows nothing and still measures. `lines` forces the lines
+    (True) or the bars (False); by default, lines when stderr is not a terminal.
+    """
 
     def __init__(self, total_epochs: int, batch_size: int, description: str = "",
-                 enabled: bool = True, steps: Optional[int] = None):
+                 enabled: bool = True, steps: Optional[int] = None,
+                 lines: Optional[bool] = None):
         super().__init__()
         self.total_epochs, self.batch_size = total_epochs, batch_size
         self.description, self.enabled, self.steps = description, enabled, steps
+        self.lines = lines
         self.examples, self.seconds, self._bar, self._steps_bar = 0, 0.0, None, None
+        self._epoch_examples, self._epoch_seconds = 0, 0.0
 
     def on_train_begin(self, logs=None):
         from tqdm.auto import tqdm
+
+        if self.lines is None:
+            self.lines = not stderr_is_terminal()
+        bars = self.enabled and not self.lines
         self._bar = tqdm(total=self.total_epochs, desc=self.description or "epochs",
-                         unit="epoch", disable=not self.enabled, leave=False)
+                         unit="epoch", disable=not bars, leave=False)
         self._steps_bar = tqdm(total=self.steps, desc="steps", unit="step", position=1,
-                               disable=not self.enabled, leave=False)
+                               disable=not bars, leave=False)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._steps, self._start = 0, time.perf_counter()
+        self._epoch_examples, self._epoch_seconds = 0, 0.0
         if self._bar is not None and self._bar.n < epoch:
             self._bar.update(epoch - self._bar.n)  # resumed
         if self._steps_bar is not None:
@@ -50,15 +78,31 @@ class EpochProgress(tf.keras.callbacks.Callback):
     def on_test_begin(self, logs=None):
         # Validation runs inside fit after the epoch's training steps.
         if getattr(self, "_start", None) is not None:
-            self.seconds += time.perf_counter() - self._start
-            self.examples += self._steps * self.batch_size
+            self._epoch_seconds = time.perf_counter() - self._start
+            self._epoch_examples = self._steps * self.batch_size
+            self.seconds += self._epoch_seconds
+            self.examples += self._epoch_examples
             self._start = None
 
     def on_epoch_end(self, epoch, logs=None):
         if self._start is not None:  # no validation this epoch
             self.on_test_begin()
-        self._bar.set_postfix({MONITOR: f"{(logs or {}).get(MONITOR, float('nan')):.4f}"})
+        logs = logs or {}
+        self._bar.set_postfix({MONITOR: f"{logs.get(MONITOR, float('nan')):.4f}"})
         self._bar.update(1)
+        if self.enabled and self.lines:
+            print(self.epoch_line(epoch, logs), file=sys.stderr, flush=True)
+
+    def epoch_line(self, epoch: int, logs: dict) -> str:
+        """The plain line of an epoch (0-based `epoch`, `fit`'s `logs`)."""
+        fields = [f"loss={logs['loss']:.4f}"] if "loss" in logs else []
+        fields += [f"{key}={logs[key]:.4f}" for key in EPOCH_AUCS if key in logs]
+        rate = (self._epoch_examples / self._epoch_seconds if self._epoch_seconds
+                else float("nan"))
+        fields.append(f"examples/s={rate:.0f}")
+        name = f"{self.description} " if self.description else ""
+        return (f"{name}epoch {epoch + 1}/{self.total_epochs}: {' '.join(fields)} "
+                f"({self._epoch_seconds:.1f} s)")
 
     def on_train_end(self, logs=None):
         self._steps_bar.close()
