@@ -50,8 +50,10 @@ setup(
     ],
     extras_require={
         # Beam is in `test`: the Beam converter's tests run in CI (about 25 s and 100 MB).
+        # JAX and PyTorch: the kernel and the Keras 3 losses are tested on every
+        # Keras backend (tests/test_backends.py).
         "test": ["pytest>=8", "hypothesis>=6", "keras-rs>=0.2", "apache-beam>=2.50",
-                 "google-crc32c", "nbformat>=5.9"],
+                 "google-crc32c", "nbformat>=5.9", "jax>=0.4.30", "torch==2.13.0"],
         "bench": ["keras-rs>=0.2"],
         "beam": ["apache-beam>=2.50", "google-crc32c"],  # crc32c: Beam's TFRecord writer
         # TFX needs ml-metadata wheels that require glibc >= 2.39 (see README).

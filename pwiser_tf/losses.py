@@ -134,11 +134,19 @@ def _rows_of(value, argument: str, owner: str):
     return ops.convert_to_tensor(value)
 
 
+def _floats(value, argument: str, owner: str):
+    """`value` as float32; integer predictions (labels passed by mistake) are refused."""
+    dtype = keras.backend.standardize_dtype(value.dtype)
+    if dtype not in kernel.FLOATS:
+        raise InputError(f"{owner}: {argument} must be floating point, got {dtype}")
+    return ops.cast(value, "float32")
+
+
 def split_packed(y_true, y_pred, owner: str = "PWiseRLoss"):
     """`(click, conversion, scores)` from a packed `[B, 2]` target and `[B]` or
     `[B, 1]` predictions, all float32 `[B]`; bad shapes name `owner`."""
     y_true = _rows_of(y_true, "y_true", owner)
-    y_pred = ops.cast(_rows_of(y_pred, "y_pred", owner), "float32")
+    y_pred = _floats(_rows_of(y_pred, "y_pred", owner), "y_pred", owner)
     true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
     if len(true_shape) != 2 or (true_shape[1] is not None and true_shape[1] != 2):
         raise InputError(f"{owner}: y_true must be [B, 2] = (click, conversion), "
@@ -216,9 +224,11 @@ class BinaryCrossentropyTerms:
                                         self.batch_reduction, sample_weight)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        labels = _rows(_rows_of(y_true, "y_true", type(self).__name__))
+        owner = type(self).__name__
+        labels = _rows(_rows_of(y_true, "y_true", owner))
+        y_pred = _floats(_rows_of(y_pred, "y_pred", owner), "y_pred", owner)
         valid = kernel.check_labels(labels, ops.zeros_like(labels), where=self.name)
-        weight = row_weights(sample_weight, labels, owner=type(self).__name__)
+        weight = row_weights(sample_weight, labels, owner=owner)
         return compose([(1.0, self.term(labels, y_pred, weight))], valid=valid,
                        rows=labels if self.batch_reduction == "none" else None)
 

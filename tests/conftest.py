@@ -16,14 +16,14 @@ import sys
 
 # Folders of tests that run in their own process, started by a runner test, for
 # settings fixed when a framework loads: the Keras flavour, Keras' backend, the
-# logical devices. The runner names its folder in PWISER_SUBSUITE.
+# logical devices.
 SUBSUITES = ("keras3", "distributed", "backends", "jax_parallel")
 KERAS3_SUBSUITES = ("keras3", "backends", "jax_parallel")
-SUBSUITE = os.environ.get("PWISER_SUBSUITE")
-if os.environ.get("PWISER_TEST_KERAS3") == "1":
-    SUBSUITE = "keras3"
-elif os.environ.get("PWISER_TEST_DISTRIBUTED") == "1":
-    SUBSUITE = "distributed"
+# The runner names its folder by one variable (each folder's conftest checks it).
+STARTED_BY = {"PWISER_TEST_BACKEND": "backends", "PWISER_TEST_JAX_PARALLEL": "jax_parallel",
+              "PWISER_TEST_DISTRIBUTED": "distributed", "PWISER_TEST_KERAS3": "keras3"}
+SUBSUITE = next((folder for variable, folder in STARTED_BY.items()
+                 if os.environ.get(variable)), None)
 KERAS3 = SUBSUITE in KERAS3_SUBSUITES
 os.environ["TF_USE_LEGACY_KERAS"] = "0" if KERAS3 else "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
