@@ -27,8 +27,9 @@ _LAZY = {
     "ContrastiveAlignmentLoss": "pwiser_tf.contrastive",  # Keras 3 only
 }
 _LOSSES = ("PWiseRLoss", "PackedAUC")
-# Each Keras, and the module whose import registers the project's objects with it.
-_REGISTRATIONS = {"keras": "pwiser_tf.losses", "tf_keras": "pwiser_tf.tf_keras_losses"}
+# Each Keras, and the modules whose import registers the project's objects with it.
+_REGISTRATIONS = {"keras": ("pwiser_tf.losses", "pwiser_tf.contrastive"),
+                  "tf_keras": ("pwiser_tf.tf_keras_losses",)}
 
 
 def _tf_keras_is_active() -> bool:
@@ -40,13 +41,13 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     if name in _LOSSES:
-        module = _REGISTRATIONS["tf_keras" if _tf_keras_is_active() else "keras"]
+        module = _REGISTRATIONS["tf_keras" if _tf_keras_is_active() else "keras"][0]
         return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'pwiser_tf' has no attribute {name!r}")
 
 
 class _RegisterOnImport(importlib.abc.MetaPathFinder):
-    """Imports `_REGISTRATIONS[name]` right after the Keras `name` is imported.
+    """Imports the modules `_REGISTRATIONS[name]` right after the Keras `name` is imported.
 
     It only watches the import statement: it finds nothing itself (the module's
     own finder does) and patches nothing of Keras or TensorFlow.
@@ -69,24 +70,31 @@ class _RegisterOnImport(importlib.abc.MetaPathFinder):
 
 
 class _ThenRegister(importlib.abc.Loader):
-    def __init__(self, loader, registration):
-        self.loader, self.registration = loader, registration
+    def __init__(self, loader, registrations):
+        self.loader, self.registrations = loader, registrations
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        importlib.import_module(self.registration)
+        _import(self.registrations)
 
     def __getattr__(self, name):  # get_resource_reader, is_package, ...
         return getattr(self.loader, name)
 
 
+def _import(modules) -> None:
+    # A module already being imported (it imported Keras itself) registers its
+    # objects when it finishes: import_module returns it as it stands.
+    for name in modules:
+        importlib.import_module(name)
+
+
 def _register() -> None:
-    for keras_name, registration in _REGISTRATIONS.items():
+    for keras_name, registrations in _REGISTRATIONS.items():
         if keras_name in sys.modules:
-            importlib.import_module(registration)
+            _import(registrations)
     if not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterOnImport())
 

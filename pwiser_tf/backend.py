@@ -65,6 +65,20 @@ def stable_argsort(values):
     return ops.argsort(values)  # jnp.argsort and np.argsort are stable
 
 
+def scatter(indices, values, shape):
+    """Zeros of `shape` (`[B]`) with `values[i]` at row `indices[i]`, for `[B]` indices
+    that are all distinct; the gradient with respect to `values` is dense.
+
+    `keras.ops.scatter` on PyTorch adds one row at a time in a Python loop (B
+    indexing ops and B autograd nodes), so PyTorch gets one `index_put`.
+    """
+    if name() == "torch":
+        import torch
+        zeros = torch.zeros(tuple(shape), dtype=values.dtype, device=values.device)
+        return zeros.index_put((indices,), values)
+    return ops.scatter(indices[:, None], values, shape)
+
+
 def concrete(value) -> Optional[np.ndarray]:
     """`value`'s numbers if it holds them now (eager), None while it is traced."""
     backend = name()
@@ -98,4 +112,4 @@ def graph_assert(condition, message: str, *tensors):
 
 
 __all__ = ["FRAMEWORKS", "name", "framework_of", "check_framework", "stable_argsort",
-           "concrete", "graph_assert"]
+           "scatter", "concrete", "graph_assert"]

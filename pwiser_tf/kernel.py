@@ -213,7 +213,7 @@ def _descending_positives_first(key, positive):
     destination = ops.where(positive, _exclusive_cumsum(positive_i),
                             ops.sum(positive_i) + _exclusive_cumsum(1 - positive_i))
     rows = ops.cumsum(ops.ones_like(positive_i)) - 1  # 0..B-1, also for a traced B
-    front = ops.scatter(destination[:, None], rows, ops.shape(key))
+    front = backend.scatter(destination, rows, ops.shape(key))
     order = backend.stable_argsort(-ops.stop_gradient(ops.take(key, front)))
     return ops.take(front, order)
 
@@ -356,8 +356,8 @@ def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
     # Sorted by scattering each row to its rank: the scores' gradient stays dense
     # (TensorFlow's gradient of a gather is IndexedSlices).
     rows = ops.cumsum(ops.ones_like(order)) - 1
-    rank = ops.scatter(order[:, None], rows, ops.shape(p))
-    terms = _hinge_sums(ops.scatter(rank[:, None], p, ops.shape(p)), ops.take(margin, order),
+    rank = backend.scatter(order, rows, ops.shape(p))
+    terms = _hinge_sums(backend.scatter(rank, p, ops.shape(p)), ops.take(margin, order),
                         ops.take(w3, order), ops.take(w2, order), ops.take(w1, order),
                         squared)
     positives = ops.sum(w3)

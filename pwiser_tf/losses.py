@@ -72,11 +72,9 @@ from keras import ops
 
 from pwiser_tf import backend, kernel
 from pwiser_tf import replicas as replicas_lib
-# AdaFTR's alignment term, a Keras 3 loss too: imported here so that it is registered
-# with the others.
-from pwiser_tf.contrastive import ContrastiveAlignmentLoss
 from pwiser_tf.errors import InputError
-from pwiser_tf.options import NORMALIZATION, PAIRS_DEFAULT, PWISER_SCORES, SCORES, SQUARED
+from pwiser_tf.options import (MARGIN_CLICK, MARGIN_NONCLICK, NORMALIZATION, PAIRS_DEFAULT,
+                               PWISER_SCORES, PWISER_WEIGHT, SCORES, SQUARED)
 
 LABELS = ("click", "conversion")  # the packed target's columns
 _EPSILON = 1e-7
@@ -243,9 +241,9 @@ class PWiseRTerms:
     _TF_KERAS = False
     _BCE = None  # the BinaryCrossentropy class of the same Keras
 
-    def __init__(self, pwiser_weight: float = kernel.PWISER_WEIGHT,
-                 margin_click: float = kernel.MARGIN_CLICK,
-                 margin_nonclick: float = kernel.MARGIN_NONCLICK, squared: bool = SQUARED,
+    def __init__(self, pwiser_weight: float = PWISER_WEIGHT,
+                 margin_click: float = MARGIN_CLICK,
+                 margin_nonclick: float = MARGIN_NONCLICK, squared: bool = SQUARED,
                  normalization: str = NORMALIZATION, from_logits: bool = False,
                  pwiser_scores: str = PWISER_SCORES, bce: bool = True,
                  conversion_without_click: str = "error", pairs: str = PAIRS_DEFAULT,
@@ -423,7 +421,6 @@ class PackedAUC(PackedLabel, keras.metrics.AUC):
     """
 
 
-__all__ = ["PWiseRLoss", "BinaryCrossentropy", "PackedAUC", "ContrastiveAlignmentLoss",
-           "compose", "binary_crossentropy",
+__all__ = ["PWiseRLoss", "BinaryCrossentropy", "PackedAUC", "compose", "binary_crossentropy",
            "binary_crossentropy_from_logits", "logit", "split_packed", "row_weights",
            "BinaryCrossentropyTerms", "PWiseRTerms", "PackedLabel"]

@@ -118,3 +118,20 @@ def test_keras3_model_loads_in_a_fresh_process(backend, order, tmp_path_factory)
     # Loading and evaluating on JAX or PyTorch import no TensorFlow. (Saving does
     # where it is installed: Keras' serializer checks for `tf.TensorShape`.)
     assert loaded["tensorflow"] == (backend == "tensorflow")
+
+
+@pytest.mark.parametrize("module, legacy", [
+    ("pwiser_tf.kernel", "0"), ("pwiser_tf.losses", "0"), ("pwiser_tf.contrastive", "0"),
+    ("pwiser_tf.replicas", "0"), ("pwiser_tf.backend", "0"),
+    ("pwiser_tf.tf_keras_losses", "1")])
+def test_each_module_imports_first_in_a_fresh_process(module, legacy):
+    """Importing a module that imports Keras makes `import pwiser_tf` register the
+    losses in the middle of that import: nothing may need the half-loaded module."""
+    code = (f"import {module}, keras\n"
+            "assert keras.saving.get_registered_object('pwiser_tf>PWiseRLoss')\n"
+            "assert keras.saving.get_registered_object('pwiser_tf>ContrastiveAlignmentLoss')\n")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS=legacy, TF_CPP_MIN_LOG_LEVEL="3",
+               KERAS_BACKEND="jax" if legacy == "0" else "tensorflow")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
