@@ -238,11 +238,17 @@ def _combine(earlier, later):
 
 
 def _prefix_scan(elements):
-    """Inclusive scan of `_combine` over `[B]` tensors (Hillis-Steele): ceil(log2 B)
-    rounds of O(B) each. With a static B (always on JAX and PyTorch) the rounds are
-    unrolled and each shift is a slice; a TensorFlow graph with an unknown batch
-    size loops, shifting by gathers."""
+    """Inclusive scan of `_combine` over `[B]` tensors. On JAX, XLA's associative
+    scan; elsewhere Hillis-Steele: ceil(log2 B) rounds of O(B) each. With a static B
+    (always on PyTorch) the rounds are unrolled and each shift is a slice; a
+    TensorFlow graph with an unknown batch size loops, shifting by gathers."""
     size = elements[0].shape[0]
+    if backend.name() == "jax":
+        # jax.lax.associative_scan: work-efficient, several times faster under XLA
+        # than the unrolled rounds (measured in benchmarks/bench_kernel.py).
+        return list(ops.associative_scan(
+            lambda earlier, later: tuple(_combine(list(earlier), list(later))),
+            tuple(elements)))
     if size is not None:
         offset = 1
         while offset < size:
