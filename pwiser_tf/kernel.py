@@ -192,6 +192,28 @@ def _prepare(scores, click, conversion, sample_weight, normalization,
                                                conversion_without_click)
 
 
+def _group(group, scores):
+    """`group` as `[B]` ids of the scores' rows; floats must hold integers."""
+    group = _flat("group", group)
+    if tuple(group.shape)[0] is not None and tuple(scores.shape)[0] is not None \
+            and group.shape[0] != scores.shape[0]:
+        raise InputError(f"pwiser: group must have one id per row ({scores.shape[0]}), "
+                         f"got {group.shape[0]}")
+    dtype = _dtype(group)
+    if dtype == "bool" or not (dtype.startswith("int") or dtype.startswith("uint")
+                               or dtype in FLOATS):
+        raise InputError(f"pwiser: group must hold integer ids, got {dtype}")
+    values = backend.concrete(group)
+    if dtype in FLOATS and values is not None:
+        values = np.asarray(values, np.float64)
+        bad = values != np.round(values)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"pwiser: group must hold integer ids; group[{i}] = "
+                             f"{values[i]:g}")
+    return group
+
+
 def _normalize(total, anchors_weight, positives_weight, normalization):
     denominator = anchors_weight if normalization == "anchor" else \
         anchors_weight * positives_weight
@@ -226,18 +248,29 @@ def _shift(state, delta):
     return n, s1 + n * delta, s2 + 2.0 * delta * s1 + n * ops.square(delta)
 
 
-def _combine(earlier, later):
+def _combine(earlier, later, segmented=False):
     """Compose two runs of the scan, `earlier` then `later` (associative). Each
     element is `[gap, n, S1, S2, n', S1', S2', ...]`: move the reference by `gap`,
-    then add the element's own rows, one (n, S1, S2) per group."""
+    then add the element's own rows, one (n, S1, S2) per anchor group.
+
+    `segmented`: the last entry of each element is 1 where a segment (a `group`
+    of rows) starts inside the run; a run that holds a start takes nothing from
+    before it (the segmented scan)."""
+    if segmented:
+        *earlier, earlier_start = earlier
+        *later, later_start = later
     combined = [earlier[0] + later[0]]
     for g in range(1, len(earlier), 3):
         shifted = _shift(earlier[g:g + 3], later[0])
         combined += [a + b for a, b in zip(shifted, later[g:g + 3])]
+    if segmented:
+        combined = [ops.where(later_start > 0, own, both)
+                    for own, both in zip(later, combined)]
+        combined.append(ops.maximum(earlier_start, later_start))
     return combined
 
 
-def _prefix_scan(elements):
+def _prefix_scan(elements, segmented=False):
     """Inclusive scan of `_combine` over `[B]` tensors. On JAX, XLA's associative
     scan; elsewhere Hillis-Steele: ceil(log2 B) rounds of O(B) each. With a static B
     (always on PyTorch) the rounds are unrolled and each shift is a slice; a
@@ -247,14 +280,14 @@ def _prefix_scan(elements):
         # jax.lax.associative_scan: work-efficient, several times faster under XLA
         # than the unrolled rounds (measured in benchmarks/bench_kernel.py).
         return list(ops.associative_scan(
-            lambda earlier, later: tuple(_combine(list(earlier), list(later))),
+            lambda earlier, later: tuple(_combine(list(earlier), list(later), segmented)),
             tuple(elements)))
     if size is not None:
         offset = 1
         while offset < size:
             earlier = [ops.concatenate([ops.zeros((offset,), "float32"), v[:-offset]], 0)
                        for v in elements]
-            elements = _combine(earlier, elements)  # zeros: the identity
+            elements = _combine(earlier, elements, segmented)  # zeros: the identity
             offset *= 2
         return elements
     size = ops.shape(elements[0])[0]
@@ -265,7 +298,7 @@ def _prefix_scan(elements):
         has_earlier = index >= offset
         earlier = [ops.where(has_earlier, ops.take(v, source), ops.zeros_like(v))
                    for v in values]
-        return (offset * 2, *_combine(earlier, list(values)))
+        return (offset * 2, *_combine(earlier, list(values), segmented))
 
     result = ops.while_loop(lambda offset, *_: offset < size, step,
                             (ops.convert_to_tensor(1, "int32"), *elements),
@@ -273,13 +306,19 @@ def _prefix_scan(elements):
     return list(result[1:])
 
 
-def _hinge_sums(p, margin, w3, w2, w1, squared):
+def _hinge_sums(p, margin, w3, w2, w1, squared, start=None):
     """Rows sorted by descending key (score + margin; positives before tied anchors).
     Returns `[2]`: for the S2 and the S1 anchors, sum_j w3_j sum_{a before j} w_a h(d_aj)
     with d_aj = p_a + m_a - p_j and h(d) = d^2 (or d), with its exact gradient
     with respect to `p`: both directions are non-negative scans, so the gradient
-    keeps float32's relative accuracy as the value does."""
+    keeps float32's relative accuracy as the value does.
+
+    `start` (1 where a row begins a group, rows sorted by group first): a row then
+    pairs only with the rows of its group (segmented scans)."""
     power = 2 if squared else 1
+    segmented = start is not None
+    if start is None:
+        start = ops.zeros_like(w3)
 
     def above(x):  # each row's predecessor (the first row its own)
         return ops.concatenate([x[:1], x[:-1]], 0)
@@ -288,8 +327,9 @@ def _hinge_sums(p, margin, w3, w2, w1, squared):
         return ops.concatenate([x[1:], ops.zeros_like(x[:1])], 0)
 
     @ops.custom_gradient
-    def sums(p, margin, w3, w2, w1):
+    def sums(p, margin, w3, w2, w1, start):
         zero = ops.zeros_like(w3)
+        flags = [start] if segmented else []
         # Gap between each key and the one above it, as a difference of scores
         # first (exact for close scores, as the definition's p_i - p_j + m). The
         # gaps telescope: a sum of them is the distance of its two ends. Where the
@@ -298,7 +338,7 @@ def _hinge_sums(p, margin, w3, w2, w1, squared):
         gap = (above(p) - p) + (above(margin) - margin)
         # Down the ranking: at each row, the anchors ranked before it, measured
         # from its key (n, sum w d, sum w d^2), for S2 and for S1.
-        down = _prefix_scan([gap, w2, zero, zero, w1, zero, zero])
+        down = _prefix_scan([gap, w2, zero, zero, w1, zero, zero] + flags, segmented)
         # A positive pays at least 0 (the tiny d above could make it -ulp).
         totals = ops.stack([ops.sum(w3 * ops.maximum(down[g + power], 0.0))
                             for g in (1, 4)])
@@ -307,7 +347,11 @@ def _hinge_sums(p, margin, w3, w2, w1, squared):
             upstream = args[0] if upstream is None else upstream
             # Up the ranking: at each row, the positives ranked after it, measured
             # from its key (m, sum w3 d).
-            up = _prefix_scan([ops.flip(x, 0) for x in (below(gap), w3, zero, zero)])
+            # A group's last row starts its segment in this reversed order.
+            last = [below(start) + ops.concatenate([zero[:-1], zero[:1] + 1.0], 0)]
+            up = _prefix_scan([ops.flip(x, 0) for x in
+                               [below(gap), w3, zero, zero] + (last if segmented else [])],
+                              segmented)
             m, r1 = ops.flip(up[1], 0), ops.flip(up[2], 0)
             anchor_pull = 2.0 * r1 if squared else m
             grad = ops.zeros_like(p)
@@ -315,18 +359,18 @@ def _hinge_sums(p, margin, w3, w2, w1, squared):
                                 (upstream[1], w1, down[4], down[5])):
                 positive_push = 2.0 * s1 if squared else n
                 grad = grad + d * (w * anchor_pull - w3 * positive_push)
-            return grad, zero, zero, zero, zero
+            return grad, zero, zero, zero, zero, zero
 
         return totals, gradient
 
     return sums(p, ops.stop_gradient(margin), ops.stop_gradient(w3),
-                ops.stop_gradient(w2), ops.stop_gradient(w1))
+                ops.stop_gradient(w2), ops.stop_gradient(w1), ops.stop_gradient(start))
 
 
 def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
            margin_nonclick: float = MARGIN_NONCLICK, squared: bool = True,
            normalization: str = "anchor", sample_weight=None,
-           conversion_without_click: str = "error"):
+           conversion_without_click: str = "error", group=None):
     """The PWiseR term (without BCE), exact, in O(B log B), on any Keras backend.
 
     Args:
@@ -344,6 +388,10 @@ def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
       conversion_without_click: `"error"` (default) rejects a conversion without
         a click where the labels are at hand (eager; traced, such rows join no
         group); `"as_click"` counts it as a converted click.
+      group: optional `[B]` integer ids (a search, a session, a user): only rows
+        of the same id pair. The normalisers stay those of the whole batch, so
+        one id for every row gives the ungrouped term. Ids are compared as given
+        (on JAX without x64, as int32); integer-valued floats work too.
 
     The arguments are tensors of the backend Keras runs on (or NumPy arrays);
     under tf-keras that is TensorFlow.
@@ -359,13 +407,21 @@ def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
     margin = ops.where(w2 > 0, zero + margin_click,
                        ops.where(w1 > 0, zero + margin_nonclick, zero))
     order = _descending_positives_first(p + margin, w3 > 0)
+    start = None
+    if group is not None:  # then by group: a stable sort keeps the order inside each
+        group = _group(group, p)
+        order = ops.take(order, backend.stable_argsort(ops.take(group, order)))
+        sorted_group = ops.take(group, order)
+        start = ops.cast(ops.concatenate([ops.ones_like(sorted_group[:1], "bool"),
+                                          sorted_group[1:] != sorted_group[:-1]], 0),
+                         "float32")
     # Sorted by scattering each row to its rank: the scores' gradient stays dense
     # (TensorFlow's gradient of a gather is IndexedSlices).
     rows = ops.cumsum(ops.ones_like(order)) - 1
     rank = backend.scatter(order, rows, ops.shape(p))
     terms = _hinge_sums(backend.scatter(rank, p, ops.shape(p)), ops.take(margin, order),
                         ops.take(w3, order), ops.take(w2, order), ops.take(w1, order),
-                        squared)
+                        squared, start)
     positives = ops.sum(w3)
     total = (_normalize(terms[0], ops.sum(w2), positives, normalization)
              + _normalize(terms[1], ops.sum(w1), positives, normalization))
@@ -375,15 +431,19 @@ def pwiser(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
 def pwiser_dense(scores, click, conversion, *, margin_click: float = MARGIN_CLICK,
                  margin_nonclick: float = MARGIN_NONCLICK, squared: bool = True,
                  normalization: str = "anchor", sample_weight=None,
-                 conversion_without_click: str = "error"):
+                 conversion_without_click: str = "error", group=None):
     """The definition, with a dense `[B, B]` pair matrix: for tests and benchmarks."""
     valid, p, w3, w2, w1 = _prepare(scores, click, conversion, sample_weight,
                                     normalization, conversion_without_click,
                                     margin_click, margin_nonclick)
     positives = ops.sum(w3)
     total = ops.zeros((), "float32")
+    same = 1.0
+    if group is not None:
+        group = _group(group, p)
+        same = ops.cast(group[:, None] == group[None, :], "float32")
     for anchor_weight, margin in ((w2, margin_click), (w1, margin_nonclick)):
-        hinge = ops.relu(p[:, None] - p[None, :] + margin)  # [anchor, positive]
+        hinge = ops.relu(p[:, None] - p[None, :] + margin) * same  # [anchor, positive]
         if squared:
             hinge = ops.square(hinge)
         pairs = ops.sum(anchor_weight[:, None] * w3[None, :] * hinge)

@@ -312,3 +312,31 @@ def near_ties(scores, click, conversion, margin_click, margin_nonclick, within=2
         close = (np.abs(d) < within) & anchor[:, None] & positive[None, :]
         near |= close.any(1) | close.any(0)
     return near
+
+
+@pytest.mark.parametrize("group, message", [
+    (np.array([0.0, 1.5, 2.0, 3.0]), r"group must hold integer ids; group\[1\] = 1.5"),
+    (np.array([True, False, True, False]), "group must hold integer ids, got bool"),
+    (np.array([0, 1, 2]), r"group must have one id per row \(4\), got 3"),
+    (np.zeros((4, 2), "int32"), r"group must have shape \[B\] or \[B, 1\]"),
+])
+def test_a_bad_group_is_named(group, message):
+    scores = np.array([0.9, 0.2, 0.6, 0.1], "float32")
+    with pytest.raises(InputError, match=message):
+        pwiser(scores, [1., 1., 1., 0.], [1., 0., 0., 0.], group=group)
+
+
+def test_grouped_pairs_in_a_graph_of_unknown_batch_and_under_xla():
+    rng = np.random.default_rng(3)
+    size = 300
+    click = (rng.random(size) < 0.5).astype("float32")
+    conversion = click * (rng.random(size) < 0.4).astype("float32")
+    scores = rng.random(size).astype("float32")
+    group = rng.integers(0, 20, size)
+    spec = [tf.TensorSpec([None])] * 3 + [tf.TensorSpec([None], tf.int64)]
+    graph = tf.function(lambda *a: pwiser(*a[:3], group=a[3]), input_signature=spec)
+    xla = tf.function(lambda *a: pwiser(*a[:3], group=a[3]), jit_compile=True)
+    dense = float(pwiser_dense(scores, click, conversion, group=group))
+    assert dense < 0.5 * float(pwiser(scores, click, conversion))  # fewer pairs
+    for step in (graph, xla):
+        assert float(step(scores, click, conversion, group)) == pytest.approx(dense, rel=1e-5)

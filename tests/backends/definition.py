@@ -25,8 +25,9 @@ def groups(click, conversion):
 
 
 def pwiser(scores, click, conversion, margin_click, margin_nonclick, squared=True,
-           normalization="anchor", sample_weight=None):
-    """(value, gradient with respect to `scores`), float64."""
+           normalization="anchor", sample_weight=None, group=None):
+    """(value, gradient with respect to `scores`), float64; with `group`, only rows
+    of the same id pair (the normalisers stay the whole batch's)."""
     p = np.asarray(scores, np.float64)
     w = np.ones_like(p) if sample_weight is None else np.asarray(sample_weight, np.float64)
     s3, s2, s1 = groups(click, conversion)
@@ -39,6 +40,9 @@ def pwiser(scores, click, conversion, margin_click, margin_nonclick, squared=Tru
             continue
         d = p[anchors][:, None] - p[s3][None, :] + np.float64(margin)
         pair_weight = w[anchors][:, None] * w[s3][None, :] / norm
+        if group is not None:
+            ids = np.asarray(group)
+            pair_weight = pair_weight * (ids[anchors][:, None] == ids[s3][None, :])
         hinge = np.maximum(d, 0.0)
         value += np.sum(pair_weight * (hinge ** 2 if squared else hinge))
         slope = pair_weight * (2.0 * hinge if squared else (d > 0).astype(np.float64))

@@ -177,3 +177,24 @@ if framework.BACKEND == "tensorflow":
 if framework.BACKEND == "jax":
     def test_jit_matches_definition():
         check_compiled("jax.jit")
+
+
+@pytest.mark.parametrize("groups", [1, 7, 60])
+@pytest.mark.parametrize("squared", [True, False], ids=["squared", "plain"])
+def test_grouped_pairs_equal_the_same_group_definition(groups, squared):
+    """Only rows of one id pair; one id for the batch is the ungrouped term."""
+    scores, click, conversion, weight, m_click, m_nonclick = batch("weighted")
+    group = np.random.default_rng(groups).integers(-5, groups - 5, len(scores))
+    options = dict(margin_click=m_click, margin_nonclick=m_nonclick, squared=squared)
+    expected = definition.pwiser(scores, click, conversion, float(np.float32(m_click)),
+                                 float(np.float32(m_nonclick)), squared, "anchor", weight,
+                                 group)
+    assert expected[0] > 0
+    for fn in (pwiser, pwiser_dense):
+        value, grad = run(fn, scores, click, conversion, weight, group=framework.tensor(
+            group.astype("int32")), **options)
+        assert_close(value, expected[0], f"{fn.__name__} grouped value")
+        assert_close(grad, expected[1], f"{fn.__name__} grouped gradient")
+    if groups == 1:
+        ungrouped = run(pwiser, scores, click, conversion, weight, **options)
+        assert_close(ungrouped[0], expected[0], "ungrouped value")
