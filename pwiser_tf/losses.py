@@ -20,7 +20,8 @@ is TensorFlow. `pwiser_tf.PWiseRLoss` is the one of the Keras that `tf.keras` is
 
 A loss given to `compile` sees one output and one target at a time, so the
 target of `PWiseRLoss` packs both labels: `y_true[:, 0]` is the click and
-`y_true[:, 1]` the conversion. For a two-headed model, either give PWiseR its own
+`y_true[:, 1]` the conversion (and, with `grouped=True`, `y_true[:, 2]` the group
+ids whose rows alone pair: a search, a session, a user). For a two-headed model, either give PWiseR its own
 packed target on the CTR output (`loss={"ctr": PWiseRLoss(), "ctcvr":
 "binary_crossentropy"}` with `y={"ctr": np.stack([click, conversion], 1), "ctcvr":
 conversion}`), or call the loss in the model's `compute_loss` (as
@@ -77,6 +78,7 @@ from pwiser_tf.options import (MARGIN_CLICK, MARGIN_NONCLICK, NORMALIZATION, PAI
                                PWISER_SCORES, PWISER_WEIGHT, SCORES, SQUARED)
 
 LABELS = ("click", "conversion")  # the packed target's columns
+PACKED = {2: "[B, 2] = (click, conversion)", 3: "[B, 3] = (click, conversion, group)"}
 _EPSILON = 1e-7
 
 
@@ -140,15 +142,21 @@ def _floats(value, argument: str, owner: str):
     return ops.cast(value, "float32")
 
 
-def split_packed(y_true, y_pred, owner: str = "PWiseRLoss"):
-    """`(click, conversion, scores)` from a packed `[B, 2]` target and `[B]` or
-    `[B, 1]` predictions, all float32 `[B]`; bad shapes name `owner`."""
+def split_packed(y_true, y_pred, owner: str = "PWiseRLoss", columns=(2,)):
+    """`(click, conversion, scores, group)` from a packed `[B, 2]` target, or
+    `[B, 3]` with the group ids third, and `[B]` or `[B, 1]` predictions, all
+    float32 `[B]` (group None for two columns); `columns`: the widths `owner`
+    takes; bad shapes name `owner`."""
     y_true = _rows_of(y_true, "y_true", owner)
     y_pred = _floats(_rows_of(y_pred, "y_pred", owner), "y_pred", owner)
     true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
-    if len(true_shape) != 2 or (true_shape[1] is not None and true_shape[1] != 2):
-        raise InputError(f"{owner}: y_true must be [B, 2] = (click, conversion), "
-                         f"got shape {true_shape}")
+    if len(true_shape) != 2 or (true_shape[1] is not None and true_shape[1] not in columns):
+        hint = ("; a third column of group ids needs grouped=True"
+                if owner == "PWiseRLoss" and len(true_shape) == 2 and true_shape[1] == 3
+                else "")
+        raise InputError(f"{owner}: y_true must be "
+                         + " or ".join(PACKED[c] for c in columns)
+                         + f", got shape {true_shape}{hint}")
     if len(pred_shape) == 2 and pred_shape[1] == 1:
         y_pred = y_pred[:, 0]
     elif len(pred_shape) != 1:
@@ -163,7 +171,8 @@ def split_packed(y_true, y_pred, owner: str = "PWiseRLoss"):
         y_true, y_pred = backend.graph_assert(
             ops.equal(ops.shape(y_true)[0], ops.shape(y_pred)[0]), message, y_true, y_pred)
     y_true = ops.cast(y_true, "float32")
-    return y_true[:, 0], y_true[:, 1], y_pred
+    group = y_true[:, 2] if true_shape[1] == 3 else None
+    return y_true[:, 0], y_true[:, 1], y_pred, group
 
 
 def row_weights(sample_weight, rows, owner: str = "PWiseRLoss"):
@@ -247,7 +256,8 @@ class PWiseRTerms:
                  normalization: str = NORMALIZATION, from_logits: bool = False,
                  pwiser_scores: str = PWISER_SCORES, bce: bool = True,
                  conversion_without_click: str = "error", pairs: str = PAIRS_DEFAULT,
-                 reduction: str = "sum_over_batch_size", name: str = "pwiser_loss"):
+                 grouped: bool = False, reduction: str = "sum_over_batch_size",
+                 name: str = "pwiser_loss"):
         self.batch_reduction = replicas_lib.check_reduction(reduction, "PWiseRLoss")
         super().__init__(reduction=replicas_lib.declared_reduction(
             self.batch_reduction, tf_keras=self._TF_KERAS), name=name)
@@ -263,21 +273,25 @@ class PWiseRTerms:
         self.bce = bool(bce)
         self.conversion_without_click = conversion_without_click
         self.pairs = replicas_lib.check_pairs(pairs)
+        self.grouped = bool(grouped)
         self.click_bce = self._BCE(from_logits, self.batch_reduction, f"{name}_bce")
+
+    def _split(self, y_true, y_pred):
+        return split_packed(y_true, y_pred, columns=(3,) if self.grouped else (2,))
 
     def call(self, y_true, y_pred):
         """Per-example BCE on the click label (0 where the click is missing;
         NaN everywhere if a label is not 0, 1 or missing, see `kernel.check_labels`)."""
-        click, conversion, y_pred = split_packed(y_true, y_pred)
+        click, conversion, y_pred, _ = self._split(y_true, y_pred)
         valid = kernel.check_labels(click, conversion, where=self.name)
         return ops.where(valid, self.click_bce.call(click, y_pred), np.nan)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        click, conversion, scores = split_packed(y_true, y_pred)
+        click, conversion, scores, group = self._split(y_true, y_pred)
         weight = row_weights(sample_weight, click)
         valid = kernel.check_labels(click, conversion, where=self.name)
         bce = [(1.0, self.click_bce.term(click, scores, weight))] if self.bce else []
-        term = (self._pwiser(click, conversion, scores, weight) if self.pwiser_weight
+        term = (self._pwiser(click, conversion, scores, weight, group) if self.pwiser_weight
                 else None)
         return compose(bce, self.pwiser_weight, term, valid=valid,
                        rows=click if self.batch_reduction == "none" else None)
@@ -286,24 +300,27 @@ class PWiseRTerms:
         """The PWiseR term alone, unweighted by `pwiser_weight`, on the scores
         `pwiser_scores` names (`CtrCvrTask` adds it to its BCE terms), over the
         rows that `pairs` names: all replicas' or this replica's."""
-        click, conversion, scores = split_packed(y_true, y_pred)
-        return self._pwiser(click, conversion, scores, row_weights(sample_weight, click))
+        click, conversion, scores, group = self._split(y_true, y_pred)
+        return self._pwiser(click, conversion, scores, row_weights(sample_weight, click),
+                            group)
 
-    def _pwiser(self, click, conversion, y_pred, sample_weight):
+    def _pwiser(self, click, conversion, y_pred, sample_weight, group=None):
         scores = y_pred
         if self.from_logits and self.pwiser_scores == "probability":
             scores = ops.sigmoid(y_pred)
         elif not self.from_logits and self.pwiser_scores == "logit":
             scores = logit(y_pred)
-        rows = [scores, click, conversion]
-        if sample_weight is not None:
-            rows.append(sample_weight)
-        rows = replicas_lib.gather(rows, self.pairs)
-        return kernel.pwiser(rows[0], rows[1], rows[2], margin_click=self.margin_click,
+        rows = {"scores": scores, "click": click, "conversion": conversion,
+                "sample_weight": sample_weight, "group": group}
+        names = [name for name, value in rows.items() if value is not None]
+        rows = dict(zip(names, replicas_lib.gather([rows[n] for n in names], self.pairs)))
+        return kernel.pwiser(rows["scores"], rows["click"], rows["conversion"],
+                             margin_click=self.margin_click,
                              margin_nonclick=self.margin_nonclick, squared=self.squared,
                              normalization=self.normalization,
-                             sample_weight=rows[3] if len(rows) > 3 else None,
-                             conversion_without_click=self.conversion_without_click)
+                             sample_weight=rows.get("sample_weight"),
+                             conversion_without_click=self.conversion_without_click,
+                             group=rows.get("group"))
 
     def get_config(self):
         return _config(self, super().get_config(), **{
@@ -312,7 +329,7 @@ class PWiseRTerms:
             "normalization": self.normalization, "from_logits": self.from_logits,
             "pwiser_scores": self.pwiser_scores, "bce": self.bce,
             "conversion_without_click": self.conversion_without_click,
-            "pairs": self.pairs, "reduction": self.batch_reduction,
+            "pairs": self.pairs, "grouped": self.grouped, "reduction": self.batch_reduction,
         })
 
 
@@ -326,7 +343,7 @@ class PackedLabel:
         self.label = label
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = split_packed(y_true, y_pred, owner="PackedAUC")
+        labels = split_packed(y_true, y_pred, owner="PackedAUC", columns=(2, 3))
         target, scores = labels[LABELS.index(self.label)], labels[2]
         weight = ops.cast(target >= 0, "float32")
         sample_weight = row_weights(sample_weight, target, owner="PackedAUC")
@@ -389,6 +406,10 @@ class PWiseRLoss(PWiseRTerms, keras.losses.Loss):
         `pwiser_weight / N`; with `"pair"`, like about `pwiser_weight`. No effect
         on one device, nor under JAX's `DataParallel`, which traces the loss over
         the global batch. See `pwiser_tf.replicas`.
+      grouped: whether `y_true` is `[B, 3]` with group ids third (a search, a
+        session, a user; integers below 2^24, as float32 holds them exactly, e.g.
+        the batch's `unique` index): PWiseR then pairs rows of one group only
+        (`pwiser_tf.pwiser(group=...)`).
       reduction: Keras' reduction of the BCE part (see the module docstring for
         `"none"`); the attribute `reduction` holds what is declared to Keras
         (`pwiser_tf.replicas`), `batch_reduction` this one.

@@ -108,7 +108,7 @@ def test_a_scalar_sample_weight_is_broadcast_as_keras_does():
      r"PWiseRLoss: y_true and y_pred must have the same rows.*y_true \(4, 2\).*y_pred 3"),
     (lambda: PWiseRLoss()(np.zeros((4, 2)), np.zeros(4), sample_weight=np.ones(3)),
      r"PWiseRLoss: sample_weight must be a scalar or have one value per row \(4\)"),
-    (lambda: PackedAUC().update_state(np.zeros((4, 3)), np.zeros(4)),
+    (lambda: PackedAUC().update_state(np.zeros((4, 4)), np.zeros(4)),
      r"PackedAUC: y_true must be \[B, 2\]"),
     (lambda: PackedAUC().update_state(np.zeros((4, 2)), np.zeros(5)),
      r"PackedAUC: y_true and y_pred must have the same rows"),

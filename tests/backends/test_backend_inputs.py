@@ -73,10 +73,35 @@ def test_packed_target_must_be_b_by_2(owner, shape):
     y_true = framework.tensor(np.zeros(shape, "float32"))
     call = (lambda: PWiseRLoss()(y_true, P)) if owner == "PWiseRLoss" else \
         (lambda: PackedAUC().update_state(y_true, P))
+    if owner == "PackedAUC" and shape == (4, 3):  # (click, conversion, group)
+        call()
+        return
     with pytest.raises(InputError) as error:
         call()
     assert str(error.value).startswith(f"{owner}: y_true must be [B, 2] = (click, "
-                                       f"conversion), got shape {shape}")
+                                       f"conversion)")
+    assert f"got shape {shape}" in str(error.value)
+    if shape == (4, 3):  # the group-less loss names the way to pass groups
+        assert str(error.value).endswith("a third column of group ids needs grouped=True")
+
+
+def test_grouped_loss_pairs_within_the_third_column():
+    rng = np.random.default_rng(0)
+    click = (rng.random(64) < 0.5).astype("float32")
+    conversion = click * (rng.random(64) < 0.4).astype("float32")
+    group = rng.integers(0, 6, 64).astype("float32")
+    scores = rng.random(64).astype("float32")
+    packed = framework.tensor(np.stack([click, conversion, group], 1))
+    loss = PWiseRLoss(grouped=True, bce=False, pwiser_weight=1.0)
+    grouped = float(framework.numpy(loss(packed, framework.tensor(scores))))
+    expected = float(framework.numpy(pwiser(scores, click, conversion,
+                                            group=group.astype("int32"))))
+    assert grouped == pytest.approx(expected, rel=1e-6)
+    assert grouped < float(framework.numpy(pwiser(scores, click, conversion)))
+    with pytest.raises(InputError, match=r"y_true must be \[B, 3\] = \(click, conversion, "
+                                         r"group\), got shape \(64, 2\)"):
+        loss(framework.tensor(np.stack([click, conversion], 1)), scores)
+    assert type(loss).from_config(loss.get_config()).grouped
 
 
 @pytest.mark.parametrize("argument", ["scores", "click", "conversion", "sample_weight"])
