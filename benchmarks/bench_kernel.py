@@ -77,6 +77,9 @@ def parse(argv=None):
                              "(default %(default)s; 'none' leaves it out)")
     parser.add_argument("--torch-compile", action="store_true",
                         help="torch: also time torch.compile")
+    parser.add_argument("--groups", type=int, default=0,
+                        help="also time the kernel with this many group ids (uniform; "
+                             "pwiser(..., group=...)); 0 leaves it out")
     parser.add_argument("--extras", action="store_true",
                         help="the dense reference and keras-rs, B <= 16,384")
     return parser.parse_args(argv)
@@ -249,6 +252,14 @@ def keras_rs_loss():
     return fn
 
 
+GROUP = {}  # the current batch's group ids, read by the grouped step when it traces
+
+
+def grouped(scores, click, conversion):
+    from pwiser_tf.kernel import pwiser
+    return pwiser(scores, click, conversion, group=GROUP["ids"])
+
+
 def build_steps(args, runner):
     """{column: (step, largest B or None)}, in the table's order."""
     from pwiser_tf.kernel import pwiser, pwiser_dense
@@ -259,6 +270,8 @@ def build_steps(args, runner):
     steps = {}
     for mode in runner.modes:
         steps[f"kernel {mode}"] = (runner.value_and_grad(pwiser, mode), None)
+        if args.groups:
+            steps[f"grouped {mode}"] = (runner.value_and_grad(grouped, mode), None)
         if old is not None:
             steps[f"old {mode}"] = (runner.value_and_grad(old, mode), None)
         steps[f"argsort {mode}"] = (runner.argsort(mode), None)
@@ -304,6 +317,9 @@ def ratio_lines(size, row, modes):
     for mode in modes:
         kernel = row[f"kernel {mode}"]
         parts.append(f"kernel/argsort {mode} {kernel / row[f'argsort {mode}']:.2f}x")
+        if f"grouped {mode}" in row:
+            parts.append(f"grouped/argsort {mode} "
+                         f"{row[f'grouped {mode}'] / row[f'argsort {mode}']:.2f}x")
         if f"old {mode}" in row:
             parts.append(f"new/old {mode} {kernel / row[f'old {mode}']:.2f}x")
         if f"dense {mode}" in row:
@@ -337,6 +353,10 @@ def main(argv=None):
     results, firsts, values = {}, {}, {}
     for size in (int(s) for s in args.sizes.split(",")):
         data = tuple(ops.convert_to_tensor(x) for x in batch(size))
+        if args.groups:
+            import numpy as np
+            GROUP["ids"] = ops.convert_to_tensor(np.random.default_rng(1).integers(
+                0, args.groups, size).astype("int32"))
         active = {name: step for name, (step, largest) in steps.items()
                   if largest is None or size <= largest}
         row, firsts[size], values[size] = measure(active, data, runner, args.repeats)
