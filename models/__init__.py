@@ -83,7 +83,7 @@ def build_model(name: str, schema, **config) -> CtrCvrModel:
     `config` holds constructor arguments: sizes (`embedding_dim`,
     `expert_units`, ...), the loss (`loss="bce"|"pwiser"`, `pwiser_weight`,
     `margin_click`, `margin_nonclick`, `pwiser_head`, `squared`,
-    `normalization`) and a model's own options. An unknown name or argument
+    `normalization`, `pairs`, `pwiser_group`) and a model's own options. An unknown name or argument
     raises `InputError`.
     """
     if name not in MODELS:

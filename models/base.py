@@ -48,6 +48,10 @@ class CtrCvrModel(tfrs.Model):
       pairs: under a `tf.distribute` strategy, the rows that PWiseR pairs (and
         AdaFTR contrasts): `global` (default, all replicas: one step equals one
         device on the global batch) or `replica`; see `pwiser_tf.PWiseRLoss`.
+      pwiser_group: PWiseR pairs only the rows of one group, `labels["group"]`
+        (the data's group column: the AliExpress search id, the Ali-CCP user
+        id; `pwiser_tf.PWiseRLoss(grouped=True)`); data without one is refused.
+        Rows of one group pair only where they share a batch.
       task_weights: weights of the BCE terms (default: 1 each).
       auc_num_thresholds, auc_logit_scale: buckets of the streaming AUCs.
       extra_weights: set by subclasses: their own loss terms, name -> weight.
@@ -64,7 +68,8 @@ class CtrCvrModel(tfrs.Model):
                  margin_click: float = PWISER_DEFAULTS["margin_click"],
                  margin_nonclick: float = PWISER_DEFAULTS["margin_nonclick"],
                  squared: bool = SQUARED, normalization: str = NORMALIZATION,
-                 pairs: str = PAIRS_DEFAULT, task_weights=None, auc_num_thresholds: int = 2000,
+                 pairs: str = PAIRS_DEFAULT, pwiser_group: bool = False,
+                 task_weights=None, auc_num_thresholds: int = 2000,
                  auc_logit_scale: float = 8.0, extra_weights=None, bce_heads=None,
                  name=None):
         super().__init__(name=name)
@@ -80,7 +85,7 @@ class CtrCvrModel(tfrs.Model):
             pwiser_weight=pwiser_weight if loss == "pwiser" else 0.0,
             margin_click=margin_click, margin_nonclick=margin_nonclick, squared=squared,
             normalization=normalization, pwiser_scores=pwiser_scores, pairs=pairs,
-            bce=False, name="pwiser")
+            grouped=pwiser_group, bce=False, name="pwiser")
         self.pairs = pairs  # also the rows of AdaFTR's in-batch negatives
         self.task = CtrCvrTask(
             bce=BinaryCrossentropy(), pwiser=pwiser if pwiser.pwiser_weight else None,

@@ -19,14 +19,21 @@ that their values and gradients agree). Each part is reported, unweighted, as th
 metric `<part>_loss`; `ctr_auc`, `ctcvr_auc` (all exposures), `cvr_auc` (clicked
 exposures only) and the three `*_logloss` are reported too. A label below 0
 marks a missing label: that exposure leaves every term.
+
+With a `PWiseRLoss(grouped=True)` (a model's `pwiser_group=True`), PWiseR pairs only
+the rows of one group, `labels["group"]`: the int64 group column of the data (the
+AliExpress search id, the Ali-CCP user id), which `make_dataset` yields where the data
+was converted with it. The task turns the ids into the batch's dense ids
+(`dense_group_ids`), as the loss takes them in its float32 packed target.
 """
 from typing import Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from pwiser_tf import kernel
+from pwiser_tf import kernel, replicas
 from pwiser_tf.errors import InputError
 from pwiser_tf.losses import binary_crossentropy, compose, logit
+from pwiser_tf.pipelines.schema import GROUP_KEY
 from pwiser_tf.tf_keras_losses import BinaryCrossentropy, PWiseRLoss
 from pwiser_tf.options import HEADS, PWISER_HEAD
 
@@ -76,6 +83,41 @@ def label_weights(labels: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
             for head, label in head_labels(labels).items()}
 
 
+def _dense_ids(ids):
+    """Each row's group as the rank of its id among the batch's distinct ids (int32),
+    by one sort: static shapes, so it runs under XLA too (`tf.unique` does not)."""
+    order = tf.argsort(ids, stable=True)
+    ordered = tf.gather(ids, order)
+    start = tf.concat([tf.ones_like(ordered[:1], tf.int32),
+                       tf.cast(ordered[1:] != ordered[:-1], tf.int32)], axis=0)
+    return tf.tensor_scatter_nd_update(tf.zeros_like(start), order[:, None],
+                                       tf.cumsum(start) - 1)
+
+
+def dense_group_ids(group, pairs: str = "global") -> tf.Tensor:
+    """`[B]` integer group ids (any int64) as int32 ids below the batch's size, one
+    per distinct id, which float32 holds exactly (`PWiseRLoss(grouped=True)`).
+
+    Under a `tf.distribute` strategy with `pairs="global"` the loss pairs the rows of
+    every replica, so the ids are those of the global batch: a group's rows get the
+    same id on every replica, and two groups never share one (ids ranked within each
+    replica's rows would collide across replicas). One all-gather of the raw ids (as
+    int32 halves, which every collective carries) gives them; each replica keeps its
+    own rows'. Exact for global batches below 2^24 rows.
+    """
+    ids = tf.reshape(tf.cast(group, tf.int64), [-1])
+    context = replicas.replica_context()
+    if context is None or replicas.check_pairs(pairs) == "replica":
+        return _dense_ids(ids)
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    rows = tf.concat([tf.bitcast(ids, tf.int32),
+                      tf.fill([tf.size(ids), 1], replica)], axis=1)
+    gathered = context.all_gather(rows, axis=0)  # in replica order
+    dense = _dense_ids(tf.bitcast(gathered[:, :2], tf.int64))
+    start = tf.reduce_sum(tf.cast(gathered[:, 2] < replica, tf.int32))
+    return tf.slice(dense, [start], [tf.size(ids)])
+
+
 def _check_choice(name, value, choices):
     if value not in choices:
         raise InputError(f"{name} must be one of {choices}, got {value!r}")
@@ -97,7 +139,9 @@ class CtrCvrTask(tf.keras.layers.Layer):
       pwiser: the PWiseR term, a `pwiser_tf.PWiseRLoss` with `bce=False` (the BCE
         terms are the task's own): its `pwiser_weight` is lambda, next to BCE
         terms of weight 1, and its options (margins, scores, normalization,
-        `pairs`) are the term's. None (default): no PWiseR term.
+        `pairs`) are the term's; with `grouped=True` it pairs only the rows of
+        one `labels["group"]` (a search, a user), and labels without a group are
+        refused. None (default): no PWiseR term.
       bce_heads: heads with a BCE term, e.g. `("ctr", "ctcvr")`.
       task_weights: weight of each BCE term (default: 1 each, their sum, as
         Keras sums the losses of a model's outputs).
@@ -159,12 +203,27 @@ class CtrCvrTask(tf.keras.layers.Layer):
         parts += list(self.extra_weights)
         self.parts = {part: tf.keras.metrics.Mean(name=f"{part}_loss") for part in parts}
 
-    def _pwiser(self, labels, predictions):
-        packed = tf.stack([labels["click"], labels["conversion"]], axis=1)
-        return self.pwiser.pwiser_term(packed, predictions[self.pwiser_head])
+    def __call__(self, labels, *args, **kwargs):
+        # Checked before Keras' `Layer.__call__`, which would wrap the error in its
+        # own lines.
+        if self.pwiser is not None and self.pwiser.grouped and GROUP_KEY not in labels:
+            raise InputError(
+                f"{self.name}: pwiser_group=True (pwiser.group) pairs the rows of one group "
+                f"only, but the labels have no {GROUP_KEY!r}: the data has no group column; "
+                f"convert it again to keep it (AliExpress search_id, Ali-CCP user id 101)")
+        return super().__call__(labels, *args, **kwargs)
+
+    def _pwiser(self, labels, predictions, group):
+        columns = [labels["click"], labels["conversion"]]
+        if self.pwiser.grouped:
+            columns.append(tf.cast(dense_group_ids(group, self.pwiser.pairs), tf.float32))
+        return self.pwiser.pwiser_term(tf.stack(columns, axis=1),
+                                       predictions[self.pwiser_head])
 
     def call(self, labels, predictions, extras: Optional[Mapping[str, tf.Tensor]] = None,
              training=False):
+        labels = dict(labels)
+        group = labels.pop(GROUP_KEY, None)  # int64 ids: not a float label
         labels = {k: tf.cast(tf.reshape(v, [-1]), tf.float32) for k, v in labels.items()}
         valid = kernel.check_labels(labels["click"], labels["conversion"], where=self.name)
         targets = head_labels(labels)
@@ -178,7 +237,7 @@ class CtrCvrTask(tf.keras.layers.Layer):
         terms = {head: self.bce.term(targets[head], predictions[head])
                  for head in self.bce_heads}
         if self.pwiser is not None:
-            terms["pwiser"] = self._pwiser(labels, predictions)
+            terms["pwiser"] = self._pwiser(labels, predictions, group)
         terms.update({name: extras[name] for name in self.extra_weights})
         for name, value in terms.items():
             self.parts[name].update_state(value)

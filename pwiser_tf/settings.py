@@ -73,6 +73,18 @@ class PwiserSettings(_Section):
     pairs: options.Pairs = Field(
         options.PAIRS_DEFAULT, description="under a strategy: pairs over all replicas "
                                            "(global) or per replica")
+    group: bool = Field(False, description="pair only rows of one group (the data's group "
+                                           "column: AliExpress search_id, Ali-CCP user "
+                                           "101); needs data converted with it")
+
+    def model_arguments(self) -> Dict[str, Any]:
+        """The models' arguments these settings are (`group` is `pwiser_group`)."""
+        return {MODEL_ARGUMENTS.get(name, name): value
+                for name, value in self.model_dump().items()}
+
+
+# The settings whose model argument has another name.
+MODEL_ARGUMENTS = {"group": "pwiser_group"}
 
 
 class SynthSettings(_Section):
@@ -158,7 +170,8 @@ class SweepSettings(_Section):
 # Where PWiseR's settings go: refused in `model:` and `model_options:`, so that each
 # has one place (and a `bce` run is not handed PWiseR's arguments).
 _NOT_MODEL_ARGUMENTS = {"loss": "the loss is chosen by `losses:` (or train --loss)",
-                        **{name: f"PWiseR's settings go under pwiser: (pwiser.{name})"
+                        **{MODEL_ARGUMENTS.get(name, name):
+                           f"PWiseR's settings go under pwiser: (pwiser.{name})"
                            for name in PwiserSettings.model_fields}}
 
 

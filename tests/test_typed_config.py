@@ -20,7 +20,9 @@ from tests.models_data import write_converted
 SPELLED_OUT = {"pwiser_weight": options.PWISER_WEIGHT, "margin_click": options.MARGIN_CLICK,
                "margin_nonclick": options.MARGIN_NONCLICK, "pwiser_head": "ctr",
                "pwiser_scores": "probability", "squared": True, "normalization": "anchor",
-               "pairs": "global"}
+               "pairs": "global", "group": False}
+# The same as the models' arguments (`pwiser.group` is `pwiser_group`), as a run records them.
+MODEL_CONFIG = config_lib.PwiserSettings().model_arguments()
 TINY = {"model": {"embedding_dim": 4, "tower_units": [8], "bottom_units": [8]},
         "train": {"epochs": 1, "batch_size": 100, "patience": 1}}
 TINY_FLAGS = ["--set", "model={embedding_dim: 4, tower_units: [8], bottom_units: [8]}",
@@ -49,11 +51,12 @@ def test_pwiser_defaults_are_the_loss_and_the_models_defaults():
     assert defaults == SPELLED_OUT
     loss = PWiseRLoss().get_config()
     assert {k: loss[k] for k in defaults if k in loss} == \
-        {k: v for k, v in defaults.items() if k != "pwiser_head"}
+        {k: v for k, v in defaults.items() if k not in ("pwiser_head", "group")}
+    assert loss["grouped"] == defaults["group"]
     signature = inspect.signature(models.CtrCvrModel.__init__).parameters
-    assert {k: signature[k].default for k in defaults} == defaults
+    assert {k: signature[k].default for k in MODEL_CONFIG} == MODEL_CONFIG
     for cls in models.MODELS.values():  # every setting is an argument of every model
-        assert set(defaults) <= models.model_arguments(cls)
+        assert set(MODEL_CONFIG) <= models.model_arguments(cls)
     centre = config_lib.SweepCentre().model_dump()
     assert centre == {"margin": defaults["margin_click"], "pwiser_head": "ctr",
                       "pwiser_scores": "probability", "normalization": "anchor",
@@ -160,7 +163,7 @@ def test_spelled_out_defaults_give_the_same_fingerprint(data):
         return training.fingerprint(spec.settings), spec
 
     default, spec = key({})
-    assert {k: spec.settings["model_config"][k] for k in SPELLED_OUT} == SPELLED_OUT
+    assert {k: spec.settings["model_config"][k] for k in MODEL_CONFIG} == MODEL_CONFIG
     assert key({"pwiser": SPELLED_OUT})[0] == default
     assert key({"pwiser": {"pwiser_weight": options.PWISER_WEIGHT}})[0] == default
     assert key({"pwiser": {"pwiser_weight": 1.0}})[0] != default  # lambda's old default
@@ -220,10 +223,10 @@ def test_a_run_records_its_resolved_settings_and_version(data, tmp_path, capsys)
     recorded = json.loads((out / "run.json").read_text())
     assert recorded["version"] == __version__
     model_config = recorded["settings"]["model_config"]
-    assert {k: model_config[k] for k in SPELLED_OUT} == SPELLED_OUT
+    assert {k: model_config[k] for k in MODEL_CONFIG} == MODEL_CONFIG
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert written["version"] == __version__
-    assert {k: written["model_config"][k] for k in SPELLED_OUT} == SPELLED_OUT
+    assert {k: written["model_config"][k] for k in MODEL_CONFIG} == MODEL_CONFIG
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["version"] == __version__ and metrics == printed
     finished = (out / "metrics.json").stat().st_mtime_ns

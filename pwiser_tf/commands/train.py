@@ -31,10 +31,24 @@ def add_arguments(parser):
     add_device_arguments(parser)
 
 
+def check_group(data_dir: str, loss: str, config) -> None:
+    """`pwiser.group=true` needs data with a group column (before any training)."""
+    if loss != "pwiser" or not config.pwiser.group:
+        return
+    from pwiser_tf.errors import InputError
+    from pwiser_tf.pipelines.schema import Metadata
+
+    if not Metadata.load(data_dir).schema.group_source:
+        raise InputError(f"pwiser.group=true pairs rows of one group, but {data_dir} has no "
+                         f"group column; convert it again to keep it (AliExpress "
+                         f"search_id, Ali-CCP user id 101)")
+
+
 def run(args):
     from pwiser_tf import training
 
     config = resolve_config(args, "base")
+    check_group(args.data, args.loss, config)
     result = training.train_run(args.data, args.output, args.model, args.loss, args.seed,
                                 config, eval_data_dir=args.eval_data,
                                 progress=progress_enabled(args), overwrite=args.overwrite,

@@ -18,7 +18,7 @@ def model_kwargs(config: config_lib.Config, model_name: str, loss: str) -> dict:
     config = config_lib.validate(config)
     kwargs = {**config.model, **config.model_options.get(model_name, {}), "loss": loss}
     if loss == "pwiser":
-        kwargs.update(config.pwiser.model_dump())
+        kwargs.update(config.pwiser.model_arguments())
     return kwargs
 
 
